@@ -1,0 +1,128 @@
+"""The envelope contract: what the worker puts on a queue and what a function reads back.
+
+The JSON form of `Envelope` is the queue message body. Service Bus application properties carry
+`platform`, `kind`, `tenant` and `event_type` (see `application_properties`) so that routing and
+filtering never need to parse the body.
+
+The model is frozen and forbids unknown fields; `schema_version` lets readers refuse bodies from a
+future writer with a clear error instead of a confusing one. `payload` is the platform's own payload,
+unchanged (Slack's `payload`, the Bot Framework activity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidEnvelopeError
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_ID_LENGTH = 128
+
+
+class Platform(StrEnum):
+    SLACK = "slack"
+    TEAMS = "teams"
+    DIRECTLINE = "directline"
+
+
+class Kind(StrEnum):
+    # Slack Socket Mode envelope types
+    EVENTS_API = "events_api"
+    INTERACTIVE = "interactive"
+    SLASH_COMMANDS = "slash_commands"
+    # Bot Framework activities (Teams, Direct Line)
+    ACTIVITY = "activity"
+    INVOKE = "invoke"
+
+
+class RetryInfo(BaseModel):
+    """How often the platform has already tried to deliver this envelope, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempt: int = Field(default=0, ge=0)
+    reason: str | None = None
+
+
+class Envelope(BaseModel):
+    """One platform event, as it travels from the worker through a queue to a function."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    dedupe_key: str = Field(min_length=1)
+    platform: Platform
+    kind: Kind
+    event_type: str | None = None
+    """The finer type used for dispatch: a Slack event type (`app_mention`), an interactive type
+    (`block_actions`), a slash command (`/ticket`), an activity type (`message`) or invoke name."""
+
+    envelope_id: str | None = None
+    event_id: str | None = None
+    activity_id: str | None = None
+    tenant: str | None = None
+    """Slack team id or Teams (Entra) tenant id."""
+    conversation_key: str | None = None
+    """Orders messages per conversation: becomes the Service Bus SessionId on session queues."""
+
+    received_at: datetime
+    connection_id: str | None = None
+    retry: RetryInfo = RetryInfo()
+    payload: dict[str, Any]
+
+    @property
+    def message_id(self) -> str:
+        """The Service Bus MessageId: the dedupe key, hashed when longer than Service Bus allows."""
+        return message_id_for(self.dedupe_key)
+
+    def application_properties(self) -> dict[str, str]:
+        """Properties that let routing and filtering work without parsing the body."""
+        props = {
+            "schema_version": str(self.schema_version),
+            "platform": self.platform.value,
+            "kind": self.kind.value,
+        }
+        if self.tenant:
+            props["tenant"] = self.tenant
+        if self.event_type:
+            props["event_type"] = self.event_type
+        return props
+
+    def to_body(self) -> bytes:
+        """The queue message body."""
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_body(cls, body: bytes | str) -> Envelope:
+        """Parse a queue message body; anything that does not fit raises `InvalidEnvelopeError`."""
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidEnvelopeError("InvalidBody", _describe(exc)) from exc
+
+
+def message_id_for(dedupe_key: str) -> str:
+    """Service Bus MessageIds are at most 128 characters: longer keys are replaced by their SHA-256."""
+    if len(dedupe_key) <= MAX_MESSAGE_ID_LENGTH:
+        return dedupe_key
+    return "sha256:" + hashlib.sha256(dedupe_key.encode()).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _describe(exc: ValidationError) -> str:
+    """A one-line, readable summary of a validation error (used as a dead-letter description)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,105 @@
+"""Service Bus–triggered functions, one per route, generated from the route table.
+
+`register_routes(app, bot, settings)` adds to a `func.FunctionApp` one function per route:
+
+    name          = route.name                     (e.g. slack_events)
+    trigger       = serviceBusTrigger
+    queueName     = %<route.setting>%              (e.g. %SLACK_EVENTS_QUEUE%)
+    connection    = ServiceBusConnection           (connection string, or identity-based
+                                                    ServiceBusConnection__fullyQualifiedNamespace)
+    isSessionsEnabled = route.sessions
+
+Each function parses the body into an `Envelope` and dispatches to the bot's handlers.
+
+Settlement (what the host does with the message):
+- the handler returns → the host completes the message;
+- the handler raises → the host abandons it and Service Bus redelivers, up to the queue's
+  MaxDeliveryCount, then dead-letters it;
+- the body is not a valid envelope, or sits on the wrong queue → `DeadLetterError` with a readable
+  reason. relaybus's local functions host dead-letters it at once with that reason. Python's classic
+  Service Bus binding on Azure cannot settle messages itself, so there the error is logged with the
+  reason and the message reaches the dead-letter queue after MaxDeliveryCount deliveries (bounded: never
+  retried forever). See the README's design notes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.dispatch import Bot, Context, ReplyClients
+from shared.envelope import Envelope
+from shared.errors import DeadLetterError, InvalidEnvelopeError
+from shared.routes import ROUTES, Route, RouteTable
+from shared.settings import FunctionSettings
+
+log = logging.getLogger(__name__)
+
+CONNECTION = "ServiceBusConnection"
+
+
+def register_routes(
+    app: func.FunctionApp,
+    bot: Bot,
+    settings: FunctionSettings,
+    routes: RouteTable = ROUTES,
+) -> ReplyClients:
+    """Register one Service Bus–triggered function per route; returns the shared reply clients."""
+    clients = ReplyClients(settings)
+    for route in routes:
+        _register(app, bot, route, settings, clients)
+    return clients
+
+
+def _register(app: func.FunctionApp, bot: Bot, route: Route, settings: FunctionSettings, clients: ReplyClients) -> None:
+    async def handle(msg: func.ServiceBusMessage) -> None:
+        await process_message(bot, route, msg, settings, clients)
+
+    handle.__name__ = route.name
+    handle.__qualname__ = route.name
+    handle.__doc__ = f"{route.description or route.name} (queue %{route.setting}%)"
+    trigger = app.service_bus_queue_trigger(
+        arg_name="msg",
+        queue_name=f"%{route.setting}%",
+        connection=CONNECTION,
+        is_sessions_enabled=route.sessions,
+    )
+    app.function_name(name=route.name)(trigger(handle))
+
+
+async def process_message(
+    bot: Bot,
+    route: Route,
+    msg: func.ServiceBusMessage,
+    settings: FunctionSettings,
+    clients: ReplyClients,
+) -> bool:
+    """Parse, check the route, dispatch. Returns whether a handler ran."""
+    message_id = msg.message_id
+    try:
+        envelope = Envelope.from_body(msg.get_body())
+    except InvalidEnvelopeError as exc:
+        log.error(
+            "dead-lettering invalid body function=%s message_id=%s reason=%s: %s",
+            route.name,
+            message_id,
+            exc.reason,
+            exc.detail,
+        )
+        raise DeadLetterError(exc.reason, exc.detail) from exc
+    if not route.accepts(envelope):
+        detail = (
+            f"route {route.name} takes platform={route.platform.value} kinds="
+            f"{sorted(k.value for k in route.kinds)}, got platform={envelope.platform.value} kind={envelope.kind.value}"
+        )
+        log.error("dead-lettering misrouted message function=%s message_id=%s: %s", route.name, message_id, detail)
+        raise DeadLetterError("WrongQueue", detail)
+    ctx = Context(
+        envelope=envelope,
+        settings=settings,
+        clients=clients,
+        message_id=message_id,
+        delivery_count=msg.delivery_count or 1,
+    )
+    return await bot.dispatch(ctx)

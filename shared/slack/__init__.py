@@ -1,0 +1,1 @@
+"""Slack Web API reply client used by functions."""

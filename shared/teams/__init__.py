@@ -1,0 +1,1 @@
+"""Bot Connector reply client used by functions."""

@@ -1,0 +1,128 @@
+"""The function app: one function per route with the binding `func start` indexes, dispatch, dead-letters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.servicebus import ServiceBusMessage
+
+import function_app
+from shared.dispatch import Bot, Context
+from shared.envelope import Envelope
+from shared.errors import DeadLetterError
+from shared.functions import register_routes
+from shared.routes import ROUTES
+from shared.settings import FunctionSettings
+from tests.factories import slack_event, teams_message
+
+
+def sb_message(body: bytes, message_id: str = "m1", delivery_count: int = 1) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body=body,
+        message_id=message_id,
+        delivery_count=delivery_count,
+        application_properties={},
+        user_properties={},
+    )
+
+
+def functions_by_name(app: func.FunctionApp) -> dict[str, Any]:
+    return {f.get_function_name(): f for f in app.get_functions()}
+
+
+def test_one_function_per_route_with_the_binding_func_start_indexes() -> None:
+    fns = functions_by_name(function_app.app)
+    assert set(fns) == {r.name for r in ROUTES}
+    for route in ROUTES:
+        doc = json.loads(fns[route.name].get_function_json())
+        assert doc["scriptFile"] == "function_app.py"
+        [binding] = doc["bindings"]
+        assert binding["type"] == "serviceBusTrigger"
+        assert binding["direction"] == "IN"
+        assert binding["queueName"] == f"%{route.setting}%"
+        assert binding["connection"] == "ServiceBusConnection"
+        assert binding["isSessionsEnabled"] is route.sessions
+
+
+def build(bot: Bot) -> dict[str, Any]:
+    app = func.FunctionApp()
+    register_routes(app, bot, FunctionSettings.from_env({}))
+    return functions_by_name(app)
+
+
+async def test_valid_body_is_dispatched_to_the_matching_handler() -> None:
+    bot = Bot()
+    seen: list[Context] = []
+
+    @bot.slack.event("app_mention")
+    async def on_mention(ctx: Context) -> None:
+        seen.append(ctx)
+
+    fns = build(bot)
+    env = slack_event("Ev9", text="ping")
+    await fns["slack_events"].get_user_function()(sb_message(env.to_body(), "Ev9", delivery_count=2))
+    assert len(seen) == 1
+    assert seen[0].envelope == env and seen[0].event["text"] == "ping"
+    assert seen[0].message_id == "Ev9" and seen[0].delivery_count == 2
+
+
+async def test_handler_exceptions_propagate_so_service_bus_redelivers() -> None:
+    bot = Bot()
+
+    @bot.teams.message
+    async def boom(ctx: Context) -> None:
+        raise RuntimeError("downstream down")
+
+    fns = build(bot)
+    with pytest.raises(RuntimeError, match="downstream down"):
+        await fns["teams_activities"].get_user_function()(sb_message(teams_message().to_body()))
+
+
+@pytest.mark.parametrize("body", [b"", b"{not json", b'{"schema_version": 1}', json.dumps({"x": 1}).encode()])
+async def test_invalid_bodies_are_dead_lettered_with_a_reason(body: bytes) -> None:
+    fns = build(Bot())
+    with pytest.raises(DeadLetterError) as err:
+        await fns["slack_events"].get_user_function()(sb_message(body))
+    assert err.value.reason == "InvalidBody"
+    assert err.value.description
+
+
+async def test_an_envelope_on_the_wrong_queue_is_dead_lettered() -> None:
+    fns = build(Bot())
+    with pytest.raises(DeadLetterError) as err:
+        await fns["slack_commands"].get_user_function()(sb_message(teams_message().to_body()))
+    assert err.value.reason == "WrongQueue"
+    assert "teams" in err.value.description
+
+
+async def test_envelopes_without_a_handler_complete() -> None:
+    fns = build(Bot())
+    result = await fns["slack_events"].get_user_function()(sb_message(slack_event(event_type="reaction_added").to_body()))
+    assert result is None
+
+
+def test_slack_dispatch_keys() -> None:
+    bot = Bot()
+    calls: dict[str, Any] = {}
+
+    async def h(ctx: Context) -> None:
+        return None
+
+    bot.slack.command("/ticket")(h)
+    bot.slack.action("approve")(h)
+    bot.slack.view("modal")(h)
+    base = slack_event().model_dump()
+
+    def env(kind: str, payload: dict[str, Any]) -> Envelope:
+        return Envelope.model_validate({**base, "kind": kind, "payload": payload})
+
+    assert bot.find(env("slash_commands", {"command": "/ticket"})) is h
+    assert bot.find(env("slash_commands", {"command": "/other"})) is None
+    assert bot.find(env("interactive", {"type": "block_actions", "actions": [{"action_id": "x"}, {"action_id": "approve"}]})) is h
+    assert bot.find(env("interactive", {"type": "view_submission", "view": {"callback_id": "modal"}})) is h
+    with pytest.raises(ValueError, match="already registered"):
+        bot.slack.command("/ticket")(h)
+    assert not calls

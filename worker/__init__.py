@@ -1,0 +1,1 @@
+"""The relaybus worker: holds the platform sockets, dedupes envelopes, publishes them, then acks."""

@@ -1,0 +1,127 @@
+"""The worker process: one queue backend, one `Handoff`, the configured connectors, the HTTP endpoints.
+
+    settings ──► backend (local | servicebus) ──► EnvelopePublisher ──► Handoff ◄── connectors
+                                                                          │
+                                             metrics / StatusBoard ◄──────┘──► /healthz /readyz /metrics
+
+`Worker.run(stopping)` holds everything until `stopping` is set (SIGTERM, Ctrl-C), then drains: the
+connectors stop reading and finish their in-flight publishes and acks within
+`RELAYBUS_SHUTDOWN_TIMEOUT_SECONDS`, then the backend flushes and closes. Anything not acked by then
+is redelivered by the platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from shared.queueing.base import EnvelopePublisher, QueueBackend
+from worker.connector import Connector, FatalConnectorError
+from worker.dedupe import DedupeWindow
+from worker.handoff import Handoff
+from worker.http import HealthServer
+from worker.metrics import Metrics
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_backend(settings: WorkerSettings) -> QueueBackend:
+    """The queue backend the settings ask for (imports only that backend's dependencies)."""
+    if settings.queue_backend == "servicebus":
+        from shared.queueing.servicebus import ServiceBusBackend
+
+        assert settings.servicebus is not None  # guaranteed by WorkerSettings validation
+        return ServiceBusBackend.from_settings(settings.servicebus)
+    from shared.queueing.local import LocalQueueBackend
+
+    settings.local_queue_path.parent.mkdir(parents=True, exist_ok=True)
+    return LocalQueueBackend(settings.local_queue_path, queue_settings=settings.queue_names)
+
+
+def build_connectors(settings: WorkerSettings, handoff: Handoff, metrics: Metrics) -> list[Connector]:
+    connectors: list[Connector] = []
+    if settings.slack is not None:
+        from worker.slack.connector import SlackConnector
+
+        connectors.append(SlackConnector(settings.slack, handoff, metrics))
+    if settings.teams is not None:
+        from worker.teams.connector import TeamsConnector
+
+        connectors.append(TeamsConnector(settings.teams, handoff, metrics))
+    return connectors
+
+
+@dataclass
+class RunResult:
+    fatal: dict[str, str] = field(default_factory=dict)
+    """Connectors that stopped on a final error, with the message."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.fatal
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        backend: QueueBackend | None = None,
+        connectors: Sequence[Connector] | None = None,
+        metrics: Metrics | None = None,
+        serve_http: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.backend = backend if backend is not None else build_backend(settings)
+        self.publisher = EnvelopePublisher(self.backend, queue_settings=settings.queue_names)
+        self.handoff = Handoff(self.publisher, DedupeWindow(ttl=settings.dedupe_ttl_seconds), self.metrics)
+        self.connectors = (
+            list(connectors) if connectors is not None else build_connectors(settings, self.handoff, self.metrics)
+        )
+        self.http = (
+            HealthServer(self.metrics, settings.platforms, settings.http_host, settings.http_port)
+            if serve_http
+            else None
+        )
+
+    async def run(self, stopping: asyncio.Event) -> RunResult:
+        result = RunResult()
+        if self.http is not None:
+            await self.http.start()
+            log.info("health and metrics on http://%s:%s (/healthz /readyz /metrics)", self.settings.http_host, self.http.port)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._run_one(c, stopping, result)) for c in self.connectors]
+                if tasks:
+                    group.create_task(self._enforce_shutdown_timeout(stopping, tasks))
+                    group.create_task(self._stop_when_all_failed(tasks, stopping))
+        finally:
+            if self.http is not None:
+                self.http.stopping = True
+            await self.publisher.close()
+            if self.http is not None:
+                await self.http.stop()
+        return result
+
+    async def _run_one(self, connector: Connector, stopping: asyncio.Event, result: RunResult) -> None:
+        try:
+            await connector.run(stopping)
+        except FatalConnectorError as exc:
+            result.fatal[connector.platform] = str(exc)
+            log.error("%s stopped: %s", connector.platform, exc)
+        except asyncio.CancelledError:
+            log.warning("%s did not drain within %.0f s: cancelled", connector.platform, self.settings.shutdown_timeout_seconds)
+
+    async def _enforce_shutdown_timeout(self, stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        await stopping.wait()
+        _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_seconds)
+        for task in pending:
+            task.cancel()
+
+    async def _stop_when_all_failed(self, tasks: list[asyncio.Task[None]], stopping: asyncio.Event) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stopping.set()

@@ -1,0 +1,1 @@
+"""Teams socket mode connector (Azure SignalR)."""
