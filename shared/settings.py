@@ -26,6 +26,12 @@ class FunctionSettings(BaseModel):
     teams_app_id: str | None = Field(default=None, alias="TEAMS_APP_ID")
     teams_tenant_id: str | None = Field(default=None, alias="TEAMS_TENANT_ID")
     teams_app_password: SecretStr | None = Field(default=None, alias="TEAMS_APP_PASSWORD")
+    teams_certificate_path: str | None = Field(default=None, alias="TEAMS_CERTIFICATE_PATH")
+    teams_managed_identity_client_id: str | None = Field(default=None, alias="TEAMS_MANAGED_IDENTITY_CLIENT_ID")
+    teams_static_token: SecretStr | None = Field(default=None, alias="TEAMS_STATIC_TOKEN")
+    """Sandbox only: a fixed Bot Connector token; allowed only when every allowed host is local."""
+    bot_connector_allowed_hosts: str | None = Field(default=None, alias="BOT_CONNECTOR_ALLOWED_HOSTS")
+    """Comma-separated hosts a serviceUrl may name (`.suffix` for subdomains); default: Bot Framework hosts."""
     # --- end teams ---
 
     @classmethod

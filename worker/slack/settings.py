@@ -1,8 +1,11 @@
-"""Slack connector settings (environment variables)."""
+"""Slack connector settings (environment variables).
+
+Timing knobs have production defaults; tests shrink them (construct `SlackSettings` by field name).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class SlackSettings(BaseModel):
@@ -11,6 +14,24 @@ class SlackSettings(BaseModel):
     app_token: SecretStr = Field(alias="SLACK_APP_TOKEN")
     api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
     connections: int = Field(default=2, ge=1, le=10, alias="SLACK_CONNECTIONS")
+    max_in_flight: int = Field(default=512, ge=1, le=100_000, alias="SLACK_MAX_IN_FLIGHT")
+    """Envelopes being handed off at once, per connection (the reader pauses beyond this)."""
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024, alias="SLACK_MAX_FRAME_BYTES")
+    """Larger inbound frames are rejected (counted as invalid `oversized`), the socket stays up."""
+    ping_interval: float = Field(default=5.0, gt=0, alias="SLACK_PING_INTERVAL_SECONDS")
+    """Client pings; their pongs count as inbound traffic for the liveness watchdog."""
+    liveness_timeout: float = Field(default=20.0, gt=0, alias="SLACK_LIVENESS_TIMEOUT_SECONDS")
+    """A socket with no inbound traffic (frames, pongs) for this long is half-open: it is replaced."""
+    hello_timeout: float = Field(default=15.0, gt=0, alias="SLACK_HELLO_TIMEOUT_SECONDS")
+    open_timeout: float = Field(default=15.0, gt=0, alias="SLACK_OPEN_TIMEOUT_SECONDS")
+    """HTTP timeout of apps.connections.open and of the websocket opening handshake."""
+    close_timeout: float = Field(default=2.0, gt=0, alias="SLACK_CLOSE_TIMEOUT_SECONDS")
+    drain_timeout: float = Field(default=10.0, gt=0, alias="SLACK_DRAIN_TIMEOUT_SECONDS")
+    """How long a retiring socket may take to finish its in-flight publishes and acks."""
+    backoff_base: float = Field(default=1.0, gt=0, alias="SLACK_BACKOFF_BASE_SECONDS")
+    backoff_cap: float = Field(default=30.0, gt=0, alias="SLACK_BACKOFF_CAP_SECONDS")
+    max_retry_after: float = Field(default=120.0, gt=0, alias="SLACK_MAX_RETRY_AFTER_SECONDS")
+    """Upper bound on a Retry-After honoured from apps.connections.open."""
 
     @field_validator("app_token")
     @classmethod
@@ -25,3 +46,9 @@ class SlackSettings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL such as https://slack.com/api/")
         return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _timings(self) -> SlackSettings:
+        if self.liveness_timeout <= self.ping_interval:
+            raise ValueError("SLACK_LIVENESS_TIMEOUT_SECONDS must be longer than SLACK_PING_INTERVAL_SECONDS")
+        return self

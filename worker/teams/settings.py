@@ -1,7 +1,7 @@
 """Teams connector settings (environment variables).
 
 Contract (`TEAMS_CONTRACT`): `shipped` (per-geo negotiate, `Activity` invocations answered with
-completions) or `draft` (one-way `activity`, every session receives every event, 1–10 slots).
+completions) or `draft` (one-way `activity`, every session receives every event, 1-10 slots).
 
 Credentials, in order of precedence: `TEAMS_STATIC_TOKEN` (sandbox only: refused unless
 `TEAMS_BASE_URL` points at localhost), `TEAMS_APP_PASSWORD` (client secret) or

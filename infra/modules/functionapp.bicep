@@ -1,0 +1,261 @@
+// The function app on Flex Consumption (FC1, Python 3.11) with a user-assigned identity: identity-based
+// AzureWebJobsStorage and ServiceBusConnection, code in a blob container read with the identity, one app
+// setting per queue (the route's setting), Key Vault references for secrets. Each Service Bus-triggered
+// function scales on its own; always-ready instances are set per `function:<name>`.
+
+@description('Azure region.')
+param location string
+
+@description('Function app name.')
+param functionAppName string
+
+@description('Flex Consumption plan name.')
+param planName string
+
+@description('Storage account name (3-24 lowercase letters and digits).')
+param storageAccountName string
+
+@description('Resource id of the user-assigned identity.')
+param identityId string
+
+@description('Client id of the user-assigned identity.')
+param identityClientId string
+
+@description('Principal id of the user-assigned identity.')
+param identityPrincipalId string
+
+@description('Service Bus fully qualified namespace.')
+param serviceBusFqdn string
+
+@description('The queues, from queues.json.')
+param queues array
+
+@description('Application Insights connection string.')
+param appInsightsConnectionString string
+
+@description('Instance memory in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int
+
+@description('Maximum instances per function.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int
+
+@description('Always-ready instances keyed by function name (the route name), for example {"slack_events": 1}.')
+param alwaysReadyInstances object
+
+@description('Set the Slack settings.')
+param enableSlack bool
+
+@description('Set the Teams settings.')
+param enableTeams bool
+
+@description('Versionless Key Vault URI of the Slack bot token (xoxb-).')
+param slackBotTokenSecretUri string
+
+@description('Slack Web API base URL.')
+param slackApiUrl string
+
+@description('Bot (Entra app) id.')
+param teamsAppId string
+
+@description('Entra tenant id of the single-tenant bot.')
+param teamsTenantId string
+
+@description('Versionless Key Vault URI of the bot client secret.')
+param teamsAppPasswordSecretUri string
+
+@description('Tags for every resource.')
+param tags object
+
+var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var deploymentContainerName = 'app-package-${take(toLower(functionAppName), 32)}'
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    defaultToOAuthAuthentication: true
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource storageOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, identityPrincipalId, storageBlobDataOwnerRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+var baseSettings = [
+  {
+    name: 'AzureWebJobsStorage__accountName'
+    value: storage.name
+  }
+  {
+    name: 'AzureWebJobsStorage__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: identityClientId
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    value: appInsightsConnectionString
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+    value: 'ClientId=${identityClientId};Authorization=AAD'
+  }
+  {
+    name: 'ServiceBusConnection__fullyQualifiedNamespace'
+    value: serviceBusFqdn
+  }
+  {
+    name: 'ServiceBusConnection__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'ServiceBusConnection__clientId'
+    value: identityClientId
+  }
+]
+
+var queueSettings = [
+  for queue in queues: {
+    name: queue.appSetting
+    value: queue.name
+  }
+]
+
+var slackSettings = enableSlack
+  ? [
+      {
+        name: 'SLACK_BOT_TOKEN'
+        value: '@Microsoft.KeyVault(SecretUri=${slackBotTokenSecretUri})'
+      }
+      {
+        name: 'SLACK_API_URL'
+        value: slackApiUrl
+      }
+    ]
+  : []
+
+var teamsSettings = enableTeams
+  ? [
+      {
+        name: 'TEAMS_APP_ID'
+        value: teamsAppId
+      }
+      {
+        name: 'TEAMS_TENANT_ID'
+        value: teamsTenantId
+      }
+      {
+        name: 'TEAMS_APP_PASSWORD'
+        value: '@Microsoft.KeyVault(SecretUri=${teamsAppPasswordSecretUri})'
+      }
+    ]
+  : []
+
+var alwaysReady = [
+  for item in items(alwaysReadyInstances): {
+    name: 'function:${item.key}'
+    instanceCount: item.value
+  }
+]
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: functionAppName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    keyVaultReferenceIdentity: identityId
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      appSettings: concat(baseSettings, queueSettings, slackSettings, teamsSettings)
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+        alwaysReady: alwaysReady
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+  dependsOn: [
+    deploymentContainer
+    storageOwner
+  ]
+}
+
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName

@@ -1,0 +1,681 @@
+"""Azure Service Bus `QueueBackend` (azure-servicebus .aio), batching sends per queue.
+
+    send(msg) ──► lane(msg.queue) ──► the lane's task fills a ServiceBusMessageBatch ──► send_messages
+                  (queue of futures)   (≤ max_batch_bytes) while the previous batch      (one in flight per
+                                       is in flight, lingering `linger_ms` when idle      lane; retried)
+
+- One `ServiceBusClient` per process, built from a fully qualified namespace and an Azure identity
+  (`DefaultAzureCredential`, pinned to a user-assigned managed identity when a client id is given) or
+  from a connection string (the emulator's `UseDevelopmentEmulator=true` one included). If both are
+  configured the connection string wins, as in the Functions host.
+- One *lane* per queue: a lazily created sender and the single task that uses it (senders are not
+  coroutine-safe). `send()` enqueues the message with a future and waits. The lane's task puts what
+  arrives within `linger_ms` of an idle moment, or while the previous batch is in flight, into one
+  `ServiceBusMessageBatch` no larger than `max_batch_bytes`; it sends the batch as soon as the
+  previous one returned (one `send_messages` in flight per queue, which also keeps the order), then
+  resolves every future of the batch, or fails them all (a batch send is all-or-nothing). Encoding
+  (pure Python in the SDK) thus overlaps the network round trip.
+- A message that does not fit even an empty batch fails alone with `PermanentPublishError`.
+- Errors are translated at this boundary, with the queue and message ids in the message:
+
+    ServiceBusServerBusyError, ServiceBusConnectionError,         retried (jittered backoff, bounded in
+    ServiceBusCommunicationError, OperationTimeoutError,          attempts and total time), then
+    ServiceBusQuotaExceededError, TimeoutError                    TransientPublishError
+    MessageSizeExceededError, MessagingEntityNotFoundError,       PermanentPublishError, not retried
+    MessagingEntityDisabledError, ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError, ClientAuthenticationError
+    any other error                                               TransientPublishError, not retried
+                                                                  (and the lane starts a fresh sender)
+
+  The client's own retries are kept short (`retry_total=1`) so that this module owns the bound.
+- `close()` flushes what is queued (bounded by `close_timeout`), then closes the senders, the client
+  and the credential. Every task is owned by its lane and awaited or cancelled on close.
+
+The network edge is one seam: `SenderFactory`, a callable returning a `Sender` for a queue name (by
+default `ServiceBusClient.get_queue_sender`). `FakeNamespace` (at the end of this module) provides
+fake senders built on the SDK's real `ServiceBusMessageBatch`, with a simulated round trip and
+scripted failures, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from azure.core.exceptions import ClientAuthenticationError
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import (
+    MessageSizeExceededError,
+    MessagingEntityDisabledError,
+    MessagingEntityNotFoundError,
+    OperationTimeoutError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusCommunicationError,
+    ServiceBusConnectionError,
+    ServiceBusError,
+    ServiceBusQuotaExceededError,
+    ServiceBusServerBusyError,
+)
+
+from shared.errors import ConfigurationError, PermanentPublishError, PublishError, TransientPublishError
+from shared.queueing.base import QueueMessage
+
+if TYPE_CHECKING:
+    from worker.settings import ServiceBusSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONTENT_TYPE = "application/json"
+_CLIENT_RETRY: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2, "retry_backoff_max": 2.0}
+"""Short SDK-level retries: the backend's `RetryPolicy` owns the overall bound."""
+DEFAULT_MAX_BATCH_BYTES = 256 * 1024
+"""Standard tier batch limit (Premium: 1 MB)."""
+
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    ServiceBusServerBusyError,
+    ServiceBusConnectionError,
+    ServiceBusCommunicationError,
+    OperationTimeoutError,
+    ServiceBusQuotaExceededError,
+    TimeoutError,
+)
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeExceededError,
+    MessagingEntityNotFoundError,
+    MessagingEntityDisabledError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ClientAuthenticationError,
+)
+
+
+class Sender(Protocol):
+    """The part of `azure.servicebus.aio.ServiceBusSender` this backend uses (the network edge)."""
+
+    async def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch: ...
+
+    async def send_messages(
+        self,
+        message: ServiceBusMessageBatch,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the SDK's signature)
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+SenderFactory = Callable[[str], Sender]
+"""Returns a new sender for a queue name. Called at most once per queue (again only after a failure)."""
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a batch send (or link open) is retried on transient errors."""
+
+    attempts: int = 4
+    """Tries in all, the first included."""
+    total_seconds: float = 10.0
+    """No retry starts after this much time since the first try."""
+    attempt_timeout: float = 5.0
+    """Timeout of one `send_messages` call (the SDK's `timeout`)."""
+    base_delay: float = 0.05
+    max_delay: float = 1.0
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        """Full jitter: uniform(0, min(max_delay, base_delay * 2**retry)) for retry = 0, 1, ..."""
+        return rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** min(retry, 32))))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBusOptions:
+    """Batching and retry knobs (the worker sets the first two from `ServiceBusSettings`)."""
+
+    max_batch_bytes: int | None = DEFAULT_MAX_BATCH_BYTES
+    """Upper bound of a batch; None uses the link's limit (256 KB Standard, 1 MB Premium)."""
+    linger_ms: float = 2.0
+    """How long a lone message waits for company before its batch is sent."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    one_session_per_batch: bool = False
+    """Needed on partitioned entities only: their batches must share one SessionId."""
+    close_timeout: float = 10.0
+    """How long `close()` waits for queued messages to be flushed."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: QueueMessage
+    sb_message: ServiceBusMessage
+    future: asyncio.Future[None]
+
+
+class _Added(Enum):
+    ADDED = "added"
+    FULL = "full"
+    FAILED = "failed"
+
+
+def to_servicebus_message(message: QueueMessage) -> ServiceBusMessage:
+    """Pure: the Service Bus message for a queue message (MessageId, SessionId, properties, JSON body)."""
+    return ServiceBusMessage(
+        message.body,
+        message_id=message.message_id,
+        session_id=message.session_id,
+        application_properties=dict(message.application_properties),  # type: ignore[arg-type]
+        content_type=CONTENT_TYPE,
+    )
+
+
+def translate(exc: BaseException, what: str) -> PublishError:
+    """Map an SDK (or other) error to the relaybus tree; `what` names the queue and message ids."""
+    name = type(exc).__name__
+    if isinstance(exc, PublishError):
+        return exc
+    if isinstance(exc, PERMANENT_ERRORS):
+        return PermanentPublishError(f"{what}: {name}: {exc}")
+    return TransientPublishError(f"{what}: {name}: {exc}")
+
+
+def describe(queue: str, items: Sequence[_Pending], limit: int = 3) -> str:
+    ids = ",".join(p.message.message_id for p in items[:limit])
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"queue={queue} message_ids={ids}{more}"
+
+
+class _Lane:
+    """One queue's sender and the one task that uses it."""
+
+    def __init__(self, queue: str, backend: ServiceBusBackend) -> None:
+        self.queue = queue
+        self._backend = backend
+        self._options = backend.options
+        self._items: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._sender: Sender | None = None
+        self._max_batch_bytes: int | None = self._options.max_batch_bytes
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self.batches_sent = 0
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"servicebus-sender:{queue}")
+
+    def put(self, item: _Pending) -> None:
+        self._items.put_nowait(item)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._items.put_nowait(None)
+        self._wake.set()
+
+    async def close_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            try:
+                await sender.close()
+            except Exception:
+                log.warning("closing the Service Bus sender for queue=%s failed", self.queue, exc_info=True)
+
+    def fail_queued(self, error: PublishError) -> None:
+        """Fail everything still waiting in this lane (after close)."""
+        while not self._items.empty():
+            item = self._items.get_nowait()
+            if item is not None:
+                _fail([item], error)
+
+    async def _run(self) -> None:
+        """Fill a batch while the previous one is in flight; send it as soon as the previous one returned.
+
+        Encoding a message into a batch costs CPU (the SDK encodes in pure Python); doing it while the
+        previous batch waits on the network keeps the send cycle at one round trip. At most one
+        `send_messages` is in flight per lane (senders are not coroutine-safe; it also keeps the order).
+        """
+        previous: asyncio.Task[None] | None = None
+        carry: _Pending | None = None
+        try:
+            while True:
+                if carry is None:
+                    if self._stopping:
+                        break
+                    item = await self._items.get()
+                    if item is None:
+                        break
+                    if item.future.done():  # the caller gave up (cancelled) before we got to it
+                        continue
+                    idle = previous is None or previous.done()
+                    if idle and self._items.empty() and self._options.linger_ms > 0:
+                        await asyncio.sleep(self._options.linger_ms / 1000.0)
+                else:
+                    item, carry = carry, None  # a backlog: no lingering
+                try:
+                    carry, batch, items = await self._fill(item, previous)
+                except Exception:  # a bug: _fill failed this round's messages; keep the lane alive
+                    log.exception("Service Bus sender task for queue=%s hit an unexpected error", self.queue)
+                    await self.close_sender()
+                    continue
+                if previous is not None:
+                    await previous
+                    previous = None
+                if items:
+                    assert batch is not None
+                    previous = asyncio.get_running_loop().create_task(self._send(batch, items))
+                    previous.add_done_callback(self._wake_up)
+            if previous is not None:
+                await previous
+        finally:
+            if previous is not None and not previous.done():
+                previous.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await previous
+
+    def _wake_up(self, _: object = None) -> None:
+        self._wake.set()
+
+    async def _fill(
+        self, first: _Pending, previous: asyncio.Task[None] | None
+    ) -> tuple[_Pending | None, ServiceBusMessageBatch | None, list[_Pending]]:
+        """Start a batch with `first` and add what is queued, and what arrives while `previous` is in
+        flight, until the batch is full. Returns (the message that did not fit, the batch, its messages)."""
+        try:
+            batch = await self.new_batch(lambda: describe(self.queue, [first]))
+        except PublishError as error:
+            _fail([first], error)
+            return None, None, []
+        items: list[_Pending] = []
+        session = first.message.session_id
+        candidate: _Pending | None = first
+        try:
+            while True:
+                while candidate is not None:
+                    if not candidate.future.done():
+                        if self._options.one_session_per_batch and candidate.message.session_id != session:
+                            return candidate, batch, items
+                        added = self._add(batch, candidate, items)
+                        if added is _Added.ADDED:
+                            items.append(candidate)
+                        elif added is _Added.FULL:  # send this batch; the candidate starts the next one
+                            return candidate, batch, items
+                    candidate = self._next_queued()
+                if previous is None or previous.done() or self._stopping:
+                    return None, batch, items
+                self._wake.clear()
+                if self._items.empty():
+                    await self._wake.wait()  # a new message, or the previous batch returned
+                candidate = self._next_queued()
+        except BaseException as exc:
+            # a bug, or close() cancelling the lane: nobody may wait forever
+            pending = [first, *items, *([candidate] if candidate else [])]
+            what = describe(self.queue, pending)
+            failure = (
+                translate(exc, what)
+                if isinstance(exc, Exception)
+                else TransientPublishError(f"{what}: the Service Bus backend closed before the send")
+            )
+            _fail(pending, failure)
+            raise
+
+    def _next_queued(self) -> _Pending | None:
+        if self._stopping or self._items.empty():
+            return None
+        queued = self._items.get_nowait()
+        if queued is None:
+            self._stopping = True
+        return queued
+
+    def _add(self, batch: ServiceBusMessageBatch, item: _Pending, items: list[_Pending]) -> _Added:
+        """Add to the batch. A message that fits no batch, or that the SDK rejects, fails here alone."""
+        try:
+            batch.add_message(item.sb_message)
+        except MessageSizeExceededError as exc:
+            if items:
+                return _Added.FULL
+            what = describe(self.queue, [item])
+            error = PermanentPublishError(
+                f"{what}: a message of {len(item.message.body)} body bytes does not fit a batch of "
+                f"{batch.max_size_in_bytes} bytes"
+            )
+            error.__cause__ = exc
+            _fail([item], error)
+            return _Added.FAILED
+        except Exception as exc:  # e.g. an application property of an unsupported type
+            _fail([item], translate(exc, describe(self.queue, [item])))
+            return _Added.FAILED
+        return _Added.ADDED
+
+    def _sender_for_use(self) -> Sender:
+        if self._sender is None:
+            self._sender = self._backend.sender_factory(self.queue)
+        return self._sender
+
+    async def new_batch(self, what: Callable[[], str]) -> ServiceBusMessageBatch:
+        """An empty batch; the link opens here on first use, hence the retries.
+
+        This may run while the previous batch is in flight on the same sender: the SDK's
+        `create_message_batch` awaits nothing once the link was opened (it keeps the link's limits),
+        and the first batch of a lane is never created concurrently with a send."""
+
+        async def attempt(budget: float) -> ServiceBusMessageBatch:
+            sender = self._sender_for_use()
+            async with asyncio.timeout(budget):
+                if self._max_batch_bytes is None:
+                    return await sender.create_message_batch()
+                try:
+                    return await sender.create_message_batch(max_size_in_bytes=self._max_batch_bytes)
+                except ServiceBusError:
+                    raise
+                except ValueError:
+                    # The link's own limit is lower than the setting (a Standard namespace configured
+                    # with the Premium size): use the link's limit from now on.
+                    log.warning(
+                        "queue=%s: batch size %d exceeds the link's limit, using the link's limit",
+                        self.queue,
+                        self._max_batch_bytes,
+                    )
+                    self._max_batch_bytes = None
+                    return await sender.create_message_batch()
+
+        return await self._backend.retrying(attempt, what)
+
+    async def _send(self, batch: ServiceBusMessageBatch, items: list[_Pending]) -> None:
+        async def attempt(budget: float) -> None:
+            await self._sender_for_use().send_messages(batch, timeout=budget)
+
+        try:
+            await self._backend.retrying(attempt, lambda: describe(self.queue, items))
+        except asyncio.CancelledError:
+            what = describe(self.queue, items)
+            _fail(items, TransientPublishError(f"{what}: the Service Bus backend closed before the send completed"))
+            raise
+        except PublishError as error:
+            log.warning("batch of %d failed on queue=%s: %s", len(items), self.queue, error)
+            _fail(items, error)
+            if not isinstance(error.__cause__, RETRYABLE_ERRORS + PERMANENT_ERRORS):
+                await self.close_sender()  # an unexpected error: start again with a fresh sender
+            return
+        self.batches_sent += 1
+        for item in items:
+            if not item.future.done():
+                item.future.set_result(None)
+
+
+def _fail(items: Iterable[_Pending], error: PublishError) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
+class ServiceBusBackend:
+    """A `QueueBackend` on Azure Service Bus: `send()` returns once the message's batch was accepted."""
+
+    def __init__(
+        self,
+        sender_factory: SenderFactory,
+        options: ServiceBusOptions | None = None,
+        *,
+        queues: Iterable[str] = (),
+        resources: Sequence[_Closable] = (),
+        client: ServiceBusClient | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`queues` are the queues `open()` warms up; `resources` (client, credential) are closed by
+        `close()` after the senders; `client` is kept for inspection."""
+        self.sender_factory = sender_factory
+        self.options = options or ServiceBusOptions()
+        self.queues = tuple(queues)
+        self.client = client
+        self._resources = tuple(resources)
+        self._rng = rng or random.Random()
+        self._lanes: dict[str, _Lane] = {}
+        self._closed = False
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_client(
+        cls,
+        client: ServiceBusClient,
+        options: ServiceBusOptions | None = None,
+        *,
+        queues: Iterable[str] = (),
+        resources: Sequence[_Closable] = (),
+    ) -> ServiceBusBackend:
+        """Senders from `client.get_queue_sender`; `client` (and `resources`) closed with the backend."""
+
+        def factory(queue: str) -> Sender:
+            return client.get_queue_sender(queue_name=queue)
+
+        return cls(factory, options, queues=queues, resources=(client, *resources), client=client)
+
+    @classmethod
+    def from_connection_string(
+        cls, connection_string: str, options: ServiceBusOptions | None = None, *, queues: Iterable[str] = ()
+    ) -> ServiceBusBackend:
+        """A connection string, the emulator's (`UseDevelopmentEmulator=true`) included."""
+        client = ServiceBusClient.from_connection_string(connection_string, **_CLIENT_RETRY)
+        return cls.from_client(client, options, queues=queues)
+
+    @classmethod
+    def from_namespace(
+        cls,
+        fully_qualified_namespace: str,
+        client_id: str | None = None,
+        options: ServiceBusOptions | None = None,
+        *,
+        queues: Iterable[str] = (),
+    ) -> ServiceBusBackend:
+        """Identity: `DefaultAzureCredential`, pinned to the user-assigned identity `client_id` if given."""
+        from azure.identity.aio import DefaultAzureCredential
+
+        credential = (
+            DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
+        )
+        client = ServiceBusClient(fully_qualified_namespace, credential, **_CLIENT_RETRY)
+        return cls.from_client(client, options, queues=queues, resources=(credential,))
+
+    @classmethod
+    def from_settings(
+        cls, settings: ServiceBusSettings, queues: Iterable[str] = (), options: ServiceBusOptions | None = None
+    ) -> ServiceBusBackend:
+        """The worker's factory: the connection string if set, else the namespace with an identity.
+
+        `queues` (the route table's queue names in effect) are the ones `open()` warms up."""
+        options = replace(
+            options or ServiceBusOptions(), max_batch_bytes=settings.max_batch_bytes, linger_ms=settings.linger_ms
+        )
+        if settings.connection_string is not None:
+            return cls.from_connection_string(settings.connection_string.get_secret_value(), options, queues=queues)
+        if settings.fully_qualified_namespace:
+            return cls.from_namespace(settings.fully_qualified_namespace, settings.client_id, options, queues=queues)
+        raise ConfigurationError(
+            "ServiceBusConnection__fullyQualifiedNamespace", "set it (identity) or ServiceBusConnection"
+        )
+
+    # --- QueueBackend ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Optional warm-up: open the link to each known queue now, so that the first envelope does not
+        pay for it and a missing queue or role shows at start. Raises `PublishError`."""
+        for queue in self.queues:
+            what = f"queue={queue} (opening the link)"
+            await self._lane(queue).new_batch(lambda: what)  # noqa: B023 (awaited in this iteration)
+
+    async def send(self, message: QueueMessage) -> None:
+        """Return once the batch holding `message` was accepted by Service Bus; raise `PublishError`."""
+        if self._closed:
+            raise TransientPublishError(
+                f"queue={message.queue} message_ids={message.message_id}: the Service Bus backend is closed"
+            )
+        try:
+            sb_message = to_servicebus_message(message)
+        except ValueError as exc:  # e.g. a MessageId or SessionId longer than 128 characters
+            raise PermanentPublishError(f"queue={message.queue} message_ids={message.message_id}: {exc}") from exc
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lane(message.queue).put(_Pending(message, sb_message, future))
+        await future
+
+    async def close(self) -> None:
+        """Flush what is queued (for up to `close_timeout`), then close senders, client and credential."""
+        if self._closed:
+            return
+        self._closed = True
+        lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.stop()
+        if lanes:
+            _, unfinished = await asyncio.wait([lane.task for lane in lanes], timeout=self.options.close_timeout)
+            for task in unfinished:
+                task.cancel()
+            for task in unfinished:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for lane in lanes:
+            lane.fail_queued(TransientPublishError(f"queue={lane.queue}: the Service Bus backend closed first"))
+            await lane.close_sender()
+        for resource in self._resources:
+            try:
+                await resource.close()
+            except Exception:
+                log.warning("closing %s failed", type(resource).__name__, exc_info=True)
+
+    # --- internals ------------------------------------------------------------------------------
+
+    @property
+    def batches_sent(self) -> int:
+        """Batches accepted by Service Bus so far (for tests and benchmarks)."""
+        return sum(lane.batches_sent for lane in self._lanes.values())
+
+    def _lane(self, queue: str) -> _Lane:
+        lane = self._lanes.get(queue)
+        if lane is None:
+            lane = self._lanes[queue] = _Lane(queue, self)
+        return lane
+
+    async def retrying(self, attempt: Callable[[float], Awaitable[T]], what: Callable[[], str]) -> T:
+        """Run `attempt(time budget)`, retrying retryable errors within the policy's bounds; raise `PublishError`."""
+        policy = self.options.retry
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            remaining = policy.total_seconds - (time.monotonic() - started)
+            try:
+                return await attempt(max(0.001, min(policy.attempt_timeout, remaining)))
+            except asyncio.CancelledError:
+                raise
+            except RETRYABLE_ERRORS as exc:
+                delay = policy.delay(tries - 1, self._rng)
+                elapsed = time.monotonic() - started
+                if tries >= policy.attempts or elapsed + delay >= policy.total_seconds:
+                    raise TransientPublishError(
+                        f"{what()}: {type(exc).__name__} after {tries} attempts in {elapsed:.2f} s: {exc}"
+                    ) from exc
+                log.info("retrying in %.3f s (%s): %s: %s", delay, what(), type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+            except PublishError:
+                raise
+            except Exception as exc:
+                error = translate(exc, what())
+                if isinstance(error, TransientPublishError):
+                    log.warning("unexpected error from Service Bus (%s)", what(), exc_info=True)
+                raise error from exc
+
+
+class FakeSender:
+    """A `Sender` without a network: the SDK's real `ServiceBusMessageBatch`, a simulated round trip per
+    `send_messages`, scripted failures. Used by the tests and the benchmarks."""
+
+    def __init__(self, namespace: FakeNamespace, queue: str) -> None:
+        self.namespace = namespace
+        self.queue = queue
+        self.closed = False
+        self._in_flight = 0
+
+    async def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch:
+        ns = self.namespace
+        if ns.create_failures:
+            raise ns.create_failures.pop(0)
+        if max_size_in_bytes and max_size_in_bytes > ns.link_max_batch_bytes:  # as the SDK does
+            raise ValueError(f"Max message size: {max_size_in_bytes} is too large")
+        return ServiceBusMessageBatch(max_size_in_bytes=max_size_in_bytes or ns.link_max_batch_bytes)
+
+    async def send_messages(
+        self,
+        message: ServiceBusMessageBatch,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the SDK's signature)
+    ) -> None:
+        ns = self.namespace
+        if self.closed:
+            raise ValueError("The handler has already been shutdown.")
+        self._in_flight += 1
+        ns.max_concurrent_sends = max(ns.max_concurrent_sends, self._in_flight)
+        try:
+            ns.send_calls += 1
+            if ns.latency:
+                await asyncio.sleep(ns.latency)
+            if ns.send_failures:
+                raise ns.send_failures.pop(0)
+            ns.batches += 1
+            ns.count += len(message)
+            if ns.record:
+                ns.sent.append(SentBatch(self.queue, message))
+        finally:
+            self._in_flight -= 1
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass(frozen=True, slots=True)
+class SentBatch:
+    """A batch the fake accepted."""
+
+    queue: str
+    batch: ServiceBusMessageBatch
+
+    @property
+    def messages(self) -> list[ServiceBusMessage]:
+        return list(self.batch._messages)
+
+
+class FakeNamespace:
+    """Fake senders sharing one record of what was sent; `sender_factory` is the backend's seam.
+
+    `latency` is the simulated round trip of one `send_messages`; exceptions put in `send_failures`
+    (`create_failures`) are raised by the next `send_messages` (`create_message_batch`) calls, one each.
+    Accepted batches are kept in `sent` unless `record` is false (benchmarks: counts only).
+    """
+
+    def __init__(
+        self, latency: float = 0.0, link_max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, *, record: bool = True
+    ) -> None:
+        self.latency = latency
+        self.link_max_batch_bytes = link_max_batch_bytes
+        self.record = record
+        self.batches = 0
+        self.count = 0
+        self.sent: list[SentBatch] = []
+        self.senders: list[FakeSender] = []
+        self.send_failures: list[BaseException] = []
+        self.create_failures: list[BaseException] = []
+        self.send_calls = 0
+        self.max_concurrent_sends = 0
+
+    def sender_factory(self, queue: str) -> FakeSender:
+        sender = FakeSender(self, queue)
+        self.senders.append(sender)
+        return sender
+
+    def messages(self, queue: str | None = None) -> list[ServiceBusMessage]:
+        return [m for b in self.sent if queue is None or b.queue == queue for m in b.messages]

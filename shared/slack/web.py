@@ -1,0 +1,217 @@
+"""`SlackWebClient`: the Slack Web API reply client functions use (httpx, async, one client per process).
+
+    client = SlackWebClient.from_settings(settings)      # SLACK_BOT_TOKEN, SLACK_API_URL
+    await client.post_message("C123", "hi", thread_ts=ts)
+    await client.respond(response_url, "done")            # slash commands and actions
+    await client.aclose()
+
+Rate limits: HTTP 429 (or `ratelimited`) waits `Retry-After` and retries, at most `max_retries` times and
+never longer than `max_retry_after` per wait; then `SlackRateLimitedError`. A reply with `ok: false`
+raises `SlackApiError` carrying Slack's error code. The token is never logged.
+
+    SlackApiError (RelaybusError)     ok:false, an HTTP error, or a transport failure
+    └── SlackRateLimitedError         still rate limited after the bounded retries
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from shared.errors import ConfigurationError, RelaybusError
+from shared.settings import FunctionSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://slack.com/api/"
+
+
+class SlackApiError(RelaybusError):
+    """A Slack Web API call failed. `error` is Slack's code (`channel_not_found`, ...) or `http_<status>`."""
+
+    def __init__(self, method: str, error: str, response: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"slack {method}: {error}")
+        self.method = method
+        self.error = error
+        self.response: Mapping[str, Any] = response or {}
+
+
+class SlackRateLimitedError(SlackApiError):
+    def __init__(self, method: str, retry_after: float) -> None:
+        super().__init__(method, "ratelimited")
+        self.retry_after = retry_after
+
+
+class SlackWebClient:
+    def __init__(
+        self,
+        token: str | SecretStr,
+        *,
+        api_url: str = DEFAULT_API_URL,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        max_retry_after: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        self._api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._owns_client = client is None
+        self.max_retries = max_retries
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: FunctionSettings, client: httpx.AsyncClient | None = None) -> SlackWebClient:
+        if settings.slack_bot_token is None:
+            raise ConfigurationError("SLACK_BOT_TOKEN", "is required to reply on Slack (a bot token, xoxb-...)")
+        return cls(settings.slack_bot_token, api_url=settings.slack_api_url, client=client)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- methods ---------------------------------------------------------------------------------
+
+    async def post_message(
+        self,
+        channel: str,
+        text: str | None = None,
+        *,
+        blocks: Sequence[Mapping[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """chat.postMessage; `thread_ts` answers in a thread."""
+        return await self.call(
+            "chat.postMessage", channel=channel, text=text, blocks=blocks, thread_ts=thread_ts, **extra
+        )
+
+    async def update_message(
+        self,
+        channel: str,
+        ts: str,
+        text: str | None = None,
+        *,
+        blocks: Sequence[Mapping[str, Any]] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """chat.update of the message `ts` in `channel`."""
+        return await self.call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks, **extra)
+
+    async def open_view(self, trigger_id: str, view: Mapping[str, Any]) -> dict[str, Any]:
+        """views.open (the trigger_id is valid for 3 s after the user's action)."""
+        return await self.call("views.open", trigger_id=trigger_id, view=view)
+
+    async def update_view(
+        self,
+        view: Mapping[str, Any],
+        *,
+        view_id: str | None = None,
+        external_id: str | None = None,
+        hash: str | None = None,
+    ) -> dict[str, Any]:
+        if not view_id and not external_id:
+            raise ValueError("views.update needs view_id or external_id")
+        return await self.call("views.update", view=view, view_id=view_id, external_id=external_id, hash=hash)
+
+    async def respond(
+        self,
+        response_url: str,
+        text: str | None = None,
+        *,
+        blocks: Sequence[Mapping[str, Any]] | None = None,
+        response_type: str | None = None,
+        replace_original: bool | None = None,
+        delete_original: bool | None = None,
+        **extra: Any,
+    ) -> None:
+        """POST to a `response_url` (slash commands, actions: 5 posts within 30 minutes). No token."""
+        body = _without_none(
+            {
+                "text": text,
+                "blocks": blocks,
+                "response_type": response_type,
+                "replace_original": replace_original,
+                "delete_original": delete_original,
+                **extra,
+            }
+        )
+        await self._post("response_url", response_url, body, authorized=False)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Any Web API method with a JSON body (None values dropped). Returns the reply on `ok: true`."""
+        return await self._post(method, self._api_url + method, _without_none(params), authorized=True)
+
+    # --- transport -------------------------------------------------------------------------------
+
+    async def _post(self, method: str, url: str, body: dict[str, Any], *, authorized: bool) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if authorized:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        content = json.dumps(body).encode()
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.post(url, content=content, headers=headers)
+            except httpx.HTTPError as exc:
+                raise SlackApiError(method, f"transport_error: {type(exc).__name__}") from exc
+            if response.status_code == 429 or _error_of(response) == "ratelimited":
+                retry_after = _retry_after(response)
+                if attempt >= self.max_retries or retry_after > self.max_retry_after:
+                    raise SlackRateLimitedError(method, retry_after)
+                attempt += 1
+                log.warning("slack %s rate limited: retry %d in %.1f s", method, attempt, retry_after)
+                await self._sleep(retry_after)
+                continue
+            return _result(method, response)
+
+
+def _result(method: str, response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if method == "response_url":
+        if response.is_success and (not isinstance(data, dict) or data.get("ok", True) is not False):
+            return data if isinstance(data, dict) else {"ok": True}
+        error = data.get("error") if isinstance(data, dict) else None
+        raise SlackApiError(
+            method, str(error or f"http_{response.status_code}"), data if isinstance(data, dict) else None
+        )
+    if not isinstance(data, dict):
+        raise SlackApiError(method, f"http_{response.status_code}")
+    if data.get("ok") is not True:
+        raise SlackApiError(method, str(data.get("error") or f"http_{response.status_code}"), data)
+    for warning in (data.get("response_metadata") or {}).get("warnings", []) or []:
+        log.info("slack %s warning: %s", method, warning)
+    return data
+
+
+def _error_of(response: httpx.Response) -> str | None:
+    if response.headers.get("content-type", "").startswith("application/json"):
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            return str(data["error"])
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,94 @@
+"""The loop closed locally: sandbox Slack → worker → queue → function (example handlers) → Web API → sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from azure.functions.servicebus import ServiceBusMessage
+from pydantic import SecretStr
+
+from handlers import bot
+from shared.dispatch import ReplyClients
+from shared.functions import process_message
+from shared.queueing.base import EnvelopePublisher, QueueMessage
+from shared.queueing.memory import MemoryBackend
+from shared.routes import ROUTES
+from shared.settings import FunctionSettings
+from worker.handoff import Handoff
+from worker.metrics import Metrics
+from worker.sandbox.slack import RecordedCall, SlackSandbox
+from worker.slack.connector import SlackConnector
+from worker.slack.settings import SlackSettings
+
+
+@asynccontextmanager
+async def stack() -> AsyncIterator[tuple[SlackSandbox, MemoryBackend, ReplyClients]]:
+    async with SlackSandbox(ack_deadline=2.0) as slack:
+        backend = MemoryBackend()
+        metrics = Metrics()
+        settings = SlackSettings(app_token=SecretStr(slack.app_token), api_url=slack.api_url, connections=1)
+        connector = SlackConnector(settings, Handoff(EnvelopePublisher(backend), metrics=metrics), metrics)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(connector.run(stopping))
+        clients = ReplyClients(
+            FunctionSettings.from_env({"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_API_URL": slack.api_url})
+        )
+        try:
+            await slack.wait_connections(1)
+            yield slack, backend, clients
+        finally:
+            stopping.set()
+            await task
+            await clients.aclose()
+
+
+async def run_function(message: QueueMessage, clients: ReplyClients) -> bool:
+    """What the Service Bus trigger does with one message."""
+    route = ROUTES.by_queue(message.queue)
+    msg = ServiceBusMessage(
+        body=message.body,
+        message_id=message.message_id,
+        session_id=message.session_id,
+        delivery_count=1,
+        application_properties=dict(message.application_properties),
+        user_properties={},
+    )
+    return await process_message(bot, route, msg, clients.settings, clients)
+
+
+async def deliver_and_reply(slack: SlackSandbox, backend: MemoryBackend, clients: ReplyClients, key: str) -> None:
+    await slack.wait_acked_keys({key}, within=5)
+    (message,) = [m for m in backend.all_messages() if m.message_id == key]
+    assert await run_function(message, clients)
+
+
+async def test_app_mention_is_answered_in_its_thread() -> None:
+    async with stack() as (slack, backend, clients):
+        event_id = await slack.send_user_message("where is my ticket?", channel="C42", user="U7")
+        await deliver_and_reply(slack, backend, clients, event_id)
+        reply = await slack.wait_for_reply(lambda r: r.method == "chat.postMessage")
+        assert reply.body["channel"] == "C42"
+        assert reply.body["text"] == "Hi <@U7>, you said: where is my ticket?"
+        mention = backend.all_messages()[0]
+        assert reply.body["thread_ts"] in mention.body.decode()
+
+
+async def test_slash_command_is_answered_through_response_url_and_its_button_updates_the_message() -> None:
+    async with stack() as (slack, backend, clients):
+        command = await slack.send_slash_command("/ticket", "printer on fire", user="U9")
+        await deliver_and_reply(slack, backend, clients, command.key)
+        answer: RecordedCall = await slack.wait_for_reply(lambda r: r.method == "response_url")
+        assert answer.url == command.response_url
+        assert answer.body["response_type"] == "in_channel"
+        assert "printer on fire" in answer.body["text"]
+        button = answer.body["blocks"][1]["elements"][0]
+        assert button["action_id"] == "ack_button"
+
+        click = await slack.send_block_action("ack_button", "ack", channel="C1", message_ts="1700000000.000100")
+        await deliver_and_reply(slack, backend, clients, click.key)
+        update = await slack.wait_for_reply(lambda r: r.method == "chat.update")
+        assert update.body["channel"] == "C1"
+        assert update.body["ts"] == "1700000000.000100"
+        assert update.body["text"] == "Acknowledged by <@U0SANDBOXUSER>"

@@ -1,0 +1,187 @@
+"""Teams socket mode on top of SignalR, without I/O: deliveries in, envelopes and completions out.
+
+- `parse_delivery(target, arguments)`: an `Activity` (shipped) or `activity` (draft) invocation's
+  argument, keys camelCase or PascalCase, into a `Delivery`; raises `InvalidEnvelopeError` with a
+  short reason code for metrics.
+- `Delivery.to_envelope()`, `Delivery.dedupe_keys()`: what `Handoff.hand_off()` receives.
+- `completion_result()`: the completion body the shipped contract expects.
+- `is_delivery_target()`, `is_ready_target()`: case-insensitive target names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.envelope import Envelope, Kind, Platform, utcnow
+from shared.errors import InvalidEnvelopeError
+
+SUPPORTED_PROTOCOL_VERSION = 1
+DELIVERY_TARGETS = frozenset({"activity"})
+READY_TARGETS = frozenset({"socketready"})
+
+STATUS_OK = 200
+STATUS_BAD_REQUEST = 400
+STATUS_FAILED = 500
+
+
+def is_delivery_target(target: str) -> bool:
+    return target.lower() in DELIVERY_TARGETS
+
+
+def is_ready_target(target: str) -> bool:
+    return target.lower() in READY_TARGETS
+
+
+def _camel(key: str) -> str:
+    return key[:1].lower() + key[1:] if key else key
+
+
+def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys camelCased (`EnvelopeId` → `envelopeId`); the activity inside is left as received."""
+    return {_camel(k): v for k, v in data.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One envelope from the service: its routing fields and the Bot Framework activity, unchanged."""
+
+    envelope_id: str
+    activity: dict[str, Any]
+    protocol_version: int = SUPPORTED_PROTOCOL_VERSION
+    envelope_type: str | None = None
+    bot_key: str | None = None
+    cv: str | None = None
+    deadline_ms: int | None = None
+    ack_required: bool = True
+
+    @property
+    def activity_type(self) -> str | None:
+        value = self.activity.get("type")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_invoke(self) -> bool:
+        return (self.envelope_type or "").lower() == "invoke" or (self.activity_type or "").lower() == "invoke"
+
+    @property
+    def conversation_id(self) -> str | None:
+        conversation = self.activity.get("conversation")
+        if isinstance(conversation, dict):
+            value = conversation.get("id")
+            return value if isinstance(value, str) else None
+        return None
+
+    @property
+    def activity_id(self) -> str | None:
+        value = self.activity.get("id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def tenant(self) -> str | None:
+        channel_data = self.activity.get("channelData")
+        if isinstance(channel_data, dict):
+            tenant = channel_data.get("tenant")
+            if isinstance(tenant, dict) and isinstance(tenant.get("id"), str):
+                return str(tenant["id"])
+        conversation = self.activity.get("conversation")
+        if isinstance(conversation, dict) and isinstance(conversation.get("tenantId"), str):
+            return str(conversation["tenantId"])
+        return None
+
+    @property
+    def event_type(self) -> str | None:
+        """The activity type, or for invokes the invoke name (`adaptiveCard/action`)."""
+        if self.is_invoke:
+            name = self.activity.get("name")
+            if isinstance(name, str) and name:
+                return name
+        return self.activity_type
+
+    def dedupe_keys(self) -> tuple[str, ...]:
+        """envelopeId, and conversation.id/activity.id (a redelivery may carry a new envelopeId)."""
+        keys = [self.envelope_id]
+        if self.conversation_id and self.activity_id:
+            keys.append(f"{self.conversation_id}/{self.activity_id}")
+        return tuple(keys)
+
+    def to_envelope(self, connection_id: str | None = None, received_at: datetime | None = None) -> Envelope:
+        keys = self.dedupe_keys()
+        return Envelope(
+            dedupe_key=keys[-1],
+            platform=Platform.TEAMS,
+            kind=Kind.INVOKE if self.is_invoke else Kind.ACTIVITY,
+            event_type=self.event_type,
+            envelope_id=self.envelope_id,
+            activity_id=self.activity_id,
+            tenant=self.tenant,
+            conversation_key=self.conversation_id,
+            received_at=received_at or utcnow(),
+            connection_id=connection_id,
+            payload=self.activity,
+        )
+
+
+def parse_delivery(arguments: list[Any]) -> Delivery:
+    """The first argument of an Activity invocation, validated. Raises `InvalidEnvelopeError`."""
+    if not arguments or not isinstance(arguments[0], dict):
+        raise InvalidEnvelopeError("no_envelope", "the invocation carries no envelope object")
+    data = normalise_keys(arguments[0])
+    envelope_id = data.get("envelopeId")
+    if not isinstance(envelope_id, str) or not envelope_id:
+        raise InvalidEnvelopeError("no_envelope_id", "envelopeId is missing")
+    activity = data.get("payload", data.get("activity"))
+    if not isinstance(activity, dict):
+        raise InvalidEnvelopeError("no_activity", f"envelope {envelope_id} carries no activity")
+    version = data.get("protocolVersion", SUPPORTED_PROTOCOL_VERSION)
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidEnvelopeError("bad_protocol_version", f"envelope {envelope_id}: {version!r}")
+    deadline = data.get("deadlineMs")
+    return Delivery(
+        envelope_id=envelope_id,
+        activity=activity,
+        protocol_version=version,
+        envelope_type=_str_or_none(data.get("type")),
+        bot_key=_str_or_none(data.get("botKey")),
+        cv=_str_or_none(data.get("cv")),
+        deadline_ms=int(deadline) if isinstance(deadline, int | float) and not isinstance(deadline, bool) else None,
+        ack_required=bool(data.get("ackRequired", True)),
+    )
+
+
+def peek_envelope_id(arguments: list[Any]) -> tuple[str | None, str | None]:
+    """Best-effort (envelopeId, botKey) of a rejected envelope, so even a 400 names what it refuses."""
+    if arguments and isinstance(arguments[0], dict):
+        data = normalise_keys(arguments[0])
+        return _str_or_none(data.get("envelopeId")), _str_or_none(data.get("botKey"))
+    return None, None
+
+
+def completion_result(
+    envelope_id: str | None,
+    bot_key: str | None,
+    status: int,
+    recv_at_ms: int,
+    ts_ms: int,
+    body: Any = None,
+    invoke: bool = False,
+) -> dict[str, Any]:
+    """The completion `result` for one envelope; invokes also carry `body` (empty for now)."""
+    result: dict[str, Any] = {
+        "protocolVersion": SUPPORTED_PROTOCOL_VERSION,
+        "envelopeId": envelope_id,
+        "botKey": bot_key,
+        "status": status,
+        "recvAt": recv_at_ms,
+        "ts": ts_ms,
+    }
+    if invoke:
+        result["body"] = body
+    return result
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
