@@ -54,7 +54,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
     dedupe_key: str = Field(min_length=1)
     platform: Platform
     kind: Kind

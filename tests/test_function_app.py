@@ -100,7 +100,9 @@ async def test_an_envelope_on_the_wrong_queue_is_dead_lettered() -> None:
 
 async def test_envelopes_without_a_handler_complete() -> None:
     fns = build(Bot())
-    result = await fns["slack_events"].get_user_function()(sb_message(slack_event(event_type="reaction_added").to_body()))
+    result = await fns["slack_events"].get_user_function()(
+        sb_message(slack_event(event_type="reaction_added").to_body())
+    )
     assert result is None
 
 
@@ -121,7 +123,12 @@ def test_slack_dispatch_keys() -> None:
 
     assert bot.find(env("slash_commands", {"command": "/ticket"})) is h
     assert bot.find(env("slash_commands", {"command": "/other"})) is None
-    assert bot.find(env("interactive", {"type": "block_actions", "actions": [{"action_id": "x"}, {"action_id": "approve"}]})) is h
+    assert (
+        bot.find(
+            env("interactive", {"type": "block_actions", "actions": [{"action_id": "x"}, {"action_id": "approve"}]})
+        )
+        is h
+    )
     assert bot.find(env("interactive", {"type": "view_submission", "view": {"callback_id": "modal"}})) is h
     with pytest.raises(ValueError, match="already registered"):
         bot.slack.command("/ticket")(h)

@@ -9,8 +9,8 @@ import pytest
 from shared.errors import PermanentPublishError, TransientPublishError
 from shared.queueing.base import EnvelopePublisher, QueueMessage
 from shared.queueing.memory import MemoryBackend
-from worker.handoff import Handoff, Outcome
 from tests.factories import slack_event
+from worker.handoff import Handoff, Outcome
 
 
 def make(latency: float = 0.0) -> tuple[Handoff, MemoryBackend]:
@@ -57,9 +57,12 @@ async def test_permanent_errors_are_not_acked_either() -> None:
     backend.fail_with(PermanentPublishError("too large"))
     result = await handoff.hand_off(slack_event("Ev1"), ("Ev1",))
     assert not result.ack
-    assert handoff.metrics.value(
-        "relaybus_publish_failed_total", platform="slack", kind="events_api", error="PermanentPublishError"
-    ) == 1
+    assert (
+        handoff.metrics.value(
+            "relaybus_publish_failed_total", platform="slack", kind="events_api", error="PermanentPublishError"
+        )
+        == 1
+    )
 
 
 async def test_duplicate_in_flight_waits_for_the_original_and_is_acked_after_it() -> None:

@@ -32,3 +32,13 @@ def test_configured_logging_scrubs_records_from_any_library() -> None:
         logging.getLogger().handlers.clear()
     assert "xapp-1-secret" not in stream.getvalue()
     assert "***" in stream.getvalue()
+
+
+def test_close_codes_and_plain_words_are_not_redacted() -> None:
+    # a close code in a log line is not an OAuth code; only query parameters are secrets
+    assert logs.redact("slack connection 0.1 ended: closed code=1000") == "slack connection 0.1 ended: closed code=1000"
+    assert logs.redact("https://x/cb?state=1&code=abc123") == "https://x/cb?state=1&code=***"
+
+
+def test_sandbox_style_tokens_with_underscores_are_fully_redacted() -> None:
+    assert logs.redact("token xapp-1-sandbox_A0SANDBOX_public used") == "token *** used"

@@ -6,13 +6,14 @@ import asyncio
 
 import httpx
 
+from shared.errors import TransientPublishError
 from shared.queueing.memory import MemoryBackend
+from tests.factories import slack_event
 from worker.connector import FatalConnectorError
 from worker.handoff import Handoff
 from worker.lifecycle import ConnectionStatus
-from worker.runtime import Worker
+from worker.runtime import Worker, queues_in_use
 from worker.settings import load_settings
-from tests.factories import slack_event
 
 
 class ScriptedConnector:
@@ -130,3 +131,28 @@ async def test_a_connector_that_does_not_drain_is_cancelled_after_the_timeout() 
     stopping.set()
     await asyncio.wait_for(task, 5)
     assert Stuck.cancelled
+
+
+class UnopenableBackend(MemoryBackend):
+    """A Service Bus namespace whose queue is missing: the link cannot be opened."""
+
+    async def open(self) -> None:
+        raise TransientPublishError("queue=slack-events (opening the link): MessagingEntityNotFound")
+
+
+async def test_a_backend_that_cannot_open_stops_the_worker_at_start_with_the_reason() -> None:
+    settings = load_settings({"SLACK_APP_TOKEN": "xapp-1-test", "RELAYBUS_HTTP_PORT": "0"})
+    connector = ScriptedConnector(1)
+    worker = Worker(settings, backend=UnopenableBackend(), connectors=[connector])
+    connector.handoff = worker.handoff
+    result = await asyncio.wait_for(worker.run(asyncio.Event()), 5)
+    assert not result.ok
+    assert "MessagingEntityNotFound" in result.fatal["queue"]
+    assert connector.acked == []  # no connector ever started
+
+
+def test_the_service_bus_backend_warms_up_only_the_enabled_platforms_queues() -> None:
+    teams_only = load_settings({"TEAMS_APP_ID": "app", "TEAMS_APP_PASSWORD": "p", "TEAMS_TENANT_ID": "t"})
+    assert queues_in_use(teams_only) == ["teams-activities", "teams-invokes"]
+    renamed = load_settings({"SLACK_APP_TOKEN": "xapp-1-test", "SLACK_EVENTS_QUEUE": "my-events"})
+    assert queues_in_use(renamed) == ["my-events", "slack-interactive", "slack-commands"]

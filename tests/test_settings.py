@@ -51,7 +51,10 @@ def test_secret_values_never_appear_in_errors() -> None:
 
 def test_servicebus_with_identity() -> None:
     s = load_settings(
-        {"RELAYBUS_QUEUE_BACKEND": "servicebus", "ServiceBusConnection__fullyQualifiedNamespace": "ns.servicebus.windows.net"}
+        {
+            "RELAYBUS_QUEUE_BACKEND": "servicebus",
+            "ServiceBusConnection__fullyQualifiedNamespace": "ns.servicebus.windows.net",
+        }
     )
     assert s.servicebus is not None and s.servicebus.fully_qualified_namespace == "ns.servicebus.windows.net"
 

@@ -58,7 +58,9 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
-async def start_platforms(args: argparse.Namespace, env: Mapping[str, str], stack: contextlib.AsyncExitStack) -> list[DemoPlatform]:
+async def start_platforms(
+    args: argparse.Namespace, env: Mapping[str, str], stack: contextlib.AsyncExitStack
+) -> list[DemoPlatform]:
     platforms: list[DemoPlatform] = []
     if not args.no_slack:
         if env.get("SLACK_APP_TOKEN"):
@@ -119,7 +121,9 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
                     worker_task = group.create_task(worker.run(stopping))
                     group.create_task(host.run(stopping))
                     group.create_task(_demo(args, platforms, progress, stopping, worker))
-                    if not args.quiet:
+                    if args.quiet:
+                        group.create_task(_announce_health(out, worker, stopping))
+                    else:
                         group.create_task(_show_progress(out, worker, host, platforms, progress, stopping))
                 result = worker_task.result()
             finally:
@@ -138,7 +142,22 @@ def _functions_host(worker: Any, settings: Mapping[str, str]) -> Any:
     import function_app
     from worker.funchost import LocalFunctionsHost
 
-    return LocalFunctionsHost(function_app.app, worker.backend, Path("host.json"), settings)
+    # host.json sits next to function_app.py, wherever the command is run from
+    return LocalFunctionsHost(
+        function_app.app, worker.backend, Path(function_app.__file__).with_name("host.json"), settings
+    )
+
+
+async def _announce_health(out: TextIO, worker: Any, stopping: asyncio.Event) -> None:
+    """Print the health URL once the worker's HTTP server is listening (port 0 picks a free port)."""
+    if worker.http is None:
+        return
+    while not stopping.is_set() and not worker.http.port:  # noqa: ASYNC110 (the server sets no event)
+        await asyncio.sleep(0.02)
+    if worker.http.port:
+        host = worker.settings.http_host
+        out.write(f"  health: http://{host}:{worker.http.port}/healthz /readyz /metrics\n")
+        out.flush()
 
 
 def _demo_complete(platforms: list[DemoPlatform], progress: Progress) -> bool:
@@ -151,7 +170,7 @@ async def _demo(
     demo = [p for p in platforms if p.sandbox]
     if not demo:
         return
-    await _wait_online(worker, stopping, timeout=30)
+    await _wait_online(worker, stopping, within=30)
     for index in range(args.messages):
         for platform in demo:
             await platform.send(index)
@@ -167,8 +186,8 @@ async def _demo(
     stopping.set()
 
 
-async def _wait_online(worker: Any, stopping: asyncio.Event, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_online(worker: Any, stopping: asyncio.Event, within: float) -> None:
+    deadline = time.monotonic() + within
     while not stopping.is_set() and time.monotonic() < deadline:
         if worker.metrics.status.ready(worker.settings.platforms):
             return
@@ -180,21 +199,21 @@ def _counts(worker: Any, host: Any, platforms: list[DemoPlatform], progress: Pro
     parts = []
     for name in sorted(worker.settings.platforms):
         parts.append(
-            f"{name}: sent {progress.sent.get(name, 0)} · received {m.total('relaybus_envelopes_received_total', platform=name):.0f}"
+            f"{name}: sent {progress.sent.get(name, 0)}"
+            f" · received {m.total('relaybus_envelopes_received_total', platform=name):.0f}"
             f" · published {m.total('relaybus_envelopes_published_total', platform=name):.0f}"
             f" · acked {m.total('relaybus_envelopes_acked_total', platform=name):.0f}"
             f" · replies {next((p.replies() for p in platforms if p.name == name), 0)}"
         )
     stats = host.stats
-    parts.append(
-        f"functions: ok {stats.completed} · retried {stats.abandoned} · dead-lettered {stats.dead_lettered}"
-    )
+    parts.append(f"functions: ok {stats.completed} · retried {stats.abandoned} · dead-lettered {stats.dead_lettered}")
     return " | ".join(parts)
 
 
 async def _show_progress(
     out: TextIO, worker: Any, host: Any, platforms: list[DemoPlatform], progress: Progress, stopping: asyncio.Event
 ) -> None:
+    await _announce_health(out, worker, stopping)
     tty = out.isatty()
     last = ""
     while not stopping.is_set():
@@ -215,13 +234,11 @@ async def _show_progress(
 def banner(
     out: TextIO, settings: Any, worker: Any, platforms: list[DemoPlatform], queue_path: Path, log_path: Path
 ) -> None:
-    port = worker.http.port if worker.http is not None and worker.http.port else settings.http_port
     lines = ["relaybus dev — worker, local queue, local functions host" + (" and sandboxes" if platforms else "")]
     for p in platforms:
         lines.append(f"  {p.name}: {p.description}")
     lines.append(f"  queue: {queue_path} (inspect: python -m worker queue stats --path {queue_path})")
     lines.append(f"  logs: {log_path}")
-    lines.append(f"  health: http://{settings.http_host}:{port}/healthz /readyz /metrics")
     lines.append("  Ctrl-C to stop")
     out.write("\n".join(lines) + "\n")
     out.flush()
@@ -231,7 +248,8 @@ def summary(
     out: TextIO, worker: Any, host: Any, platforms: list[DemoPlatform], progress: Progress, queue_path: Path
 ) -> None:
     elapsed = time.monotonic() - progress.started
-    out.write(f"\nsummary after {elapsed:.1f} s\n  {_counts(worker, host, platforms, progress).replace(' | ', chr(10) + '  ')}\n")
+    counts = _counts(worker, host, platforms, progress).replace(" | ", "\n  ")
+    out.write(f"\nsummary after {elapsed:.1f} s\n  {counts}\n")
     for conn in worker.metrics.status.snapshot():
         out.write(f"  connection {conn.platform}/{conn.name}: {conn.status.value}\n")
     dupes = worker.metrics.total("relaybus_duplicates_dropped_total")

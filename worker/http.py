@@ -56,9 +56,7 @@ class HealthServer:
                 for c in status.snapshot()
             ],
         }
-        return web.Response(
-            status=200 if ready else 503, text=json.dumps(body), content_type="application/json"
-        )
+        return web.Response(status=200 if ready else 503, text=json.dumps(body), content_type="application/json")
 
     async def _metrics_handler(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")

@@ -6,6 +6,7 @@ logged once and exported in /readyz and /metrics.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -17,7 +18,7 @@ class ConnectionStatus(StrEnum):
     UNINITIALIZED = "Uninitialized"
     CONNECTING = "Connecting"
     ONLINE = "Online"
-    EXPIRED_TOKEN = "ExpiredToken"
+    EXPIRED_TOKEN = "ExpiredToken"  # noqa: S105 (a status name, not a secret)
     FAILED_TO_CONNECT = "FailedToConnect"
     ENDED = "Ended"
 
@@ -44,9 +45,7 @@ class StatusBoard:
             return
         self._entries[key] = ConnectionInfo(platform, name, status, detail)
         old = previous.status.value if previous else ConnectionStatus.UNINITIALIZED.value
-        log.info(
-            "connection %s/%s: %s -> %s%s", platform, name, old, status.value, f" ({detail})" if detail else ""
-        )
+        log.info("connection %s/%s: %s -> %s%s", platform, name, old, status.value, f" ({detail})" if detail else "")
 
     def remove(self, platform: str, name: str) -> None:
         self._entries.pop((platform, name), None)
@@ -54,7 +53,7 @@ class StatusBoard:
     def snapshot(self) -> list[ConnectionInfo]:
         return sorted(self._entries.values(), key=lambda c: (c.platform, c.name))
 
-    def ready(self, platforms: set[str] | None = None) -> bool:
+    def ready(self, platforms: builtins.set[str] | None = None) -> bool:
         """Ready when every configured platform has at least one connection and all of them are Online.
 
         Connections that ended on purpose (a rotated-out socket) are removed by their owner, so only

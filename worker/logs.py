@@ -12,9 +12,10 @@ import re
 import sys
 
 _PATTERNS = (
-    re.compile(r"\bx(?:app|oxb|oxp|oxa|oxe)-[0-9A-Za-z-]+"),
+    re.compile(r"\bx(?:app|oxb|oxp|oxa|oxe)-[0-9A-Za-z_-]+"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)((?:access_token|ticket|token|sig|code)=)[^&\s\"']+"),
+    re.compile(r"(?i)((?:access_token|ticket|token)=)[^&\s\"']+"),
+    re.compile(r"(?i)([?&](?:sig|code)=)[^&\s\"']+"),
     re.compile(r"(?i)(SharedAccessKey=)[^;\s\"']+"),
 )
 

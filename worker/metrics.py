@@ -27,20 +27,30 @@ class Metrics:
         self._published = Counter(
             "relaybus_envelopes_published", "Envelopes made durable in a queue", ["platform", "route"], registry=r
         )
-        self._acked = Counter("relaybus_envelopes_acked", "Envelopes acked to the platform", ["platform", "kind"], registry=r)
+        self._acked = Counter(
+            "relaybus_envelopes_acked", "Envelopes acked to the platform", ["platform", "kind"], registry=r
+        )
         self._failed = Counter(
-            "relaybus_publish_failed", "Publishes that failed (envelope not acked)", ["platform", "kind", "error"], registry=r
+            "relaybus_publish_failed",
+            "Publishes that failed (envelope not acked)",
+            ["platform", "kind", "error"],
+            registry=r,
         )
         self._invalid = Counter(
             "relaybus_invalid_frames", "Frames rejected before becoming envelopes", ["platform", "reason"], registry=r
         )
         self._latency = Histogram(
-            "relaybus_publish_latency_seconds", "Time from publish start to durable", ["platform"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "relaybus_publish_latency_seconds",
+            "Time from publish start to durable",
+            ["platform"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self._state = Gauge(
-            "relaybus_connection_state", "1 for the current state of each connection",
-            ["platform", "connection", "state"], registry=r,
+            "relaybus_connection_state",
+            "1 for the current state of each connection",
+            ["platform", "connection", "state"],
+            registry=r,
         )
         # hot-path caches of labelled children
         self._children: dict[tuple[str, ...], object] = {}

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shared.errors import PublishError
 from shared.queueing.base import EnvelopePublisher, QueueBackend
 from worker.connector import Connector, FatalConnectorError
 from worker.dedupe import DedupeWindow
@@ -34,11 +35,22 @@ def build_backend(settings: WorkerSettings) -> QueueBackend:
         from shared.queueing.servicebus import ServiceBusBackend
 
         assert settings.servicebus is not None  # guaranteed by WorkerSettings validation
-        return ServiceBusBackend.from_settings(settings.servicebus)
+        return ServiceBusBackend.from_settings(settings.servicebus, queues=queues_in_use(settings))
     from shared.queueing.local import LocalQueueBackend
 
     settings.local_queue_path.parent.mkdir(parents=True, exist_ok=True)
     return LocalQueueBackend(settings.local_queue_path, queue_settings=settings.queue_names)
+
+
+def queues_in_use(settings: WorkerSettings) -> list[str]:
+    """The queue names the enabled platforms publish to (overrides applied), in route-table order."""
+    from shared.routes import ROUTES
+
+    return [
+        settings.queue_names.get(route.setting, route.queue)
+        for route in ROUTES
+        if route.platform.value in settings.platforms
+    ]
 
 
 def build_connectors(settings: WorkerSettings, handoff: Handoff, metrics: Metrics) -> list[Connector]:
@@ -90,9 +102,23 @@ class Worker:
 
     async def run(self, stopping: asyncio.Event) -> RunResult:
         result = RunResult()
+        opening = getattr(self.backend, "open", None)
+        if opening is not None:
+            # A missing queue, a wrong namespace or a missing role shows now, not at the first envelope.
+            try:
+                await opening()
+            except PublishError as exc:
+                result.fatal["queue"] = f"the queue backend could not be opened: {exc}"
+                log.error("%s", result.fatal["queue"])
+                await self.publisher.close()
+                return result
         if self.http is not None:
             await self.http.start()
-            log.info("health and metrics on http://%s:%s (/healthz /readyz /metrics)", self.settings.http_host, self.http.port)
+            log.info(
+                "health and metrics on http://%s:%s (/healthz /readyz /metrics)",
+                self.settings.http_host,
+                self.http.port,
+            )
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._run_one(c, stopping, result)) for c in self.connectors]
@@ -114,7 +140,9 @@ class Worker:
             result.fatal[connector.platform] = str(exc)
             log.error("%s stopped: %s", connector.platform, exc)
         except asyncio.CancelledError:
-            log.warning("%s did not drain within %.0f s: cancelled", connector.platform, self.settings.shutdown_timeout_seconds)
+            log.warning(
+                "%s did not drain within %.0f s: cancelled", connector.platform, self.settings.shutdown_timeout_seconds
+            )
 
     async def _enforce_shutdown_timeout(self, stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         await stopping.wait()

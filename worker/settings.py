@@ -29,9 +29,7 @@ class ServiceBusSettings(BaseModel):
     settings_name: ClassVar[str] = "ServiceBusConnection__fullyQualifiedNamespace"
 
     connection_string: SecretStr | None = Field(default=None, alias="ServiceBusConnection")
-    fully_qualified_namespace: str | None = Field(
-        default=None, alias="ServiceBusConnection__fullyQualifiedNamespace"
-    )
+    fully_qualified_namespace: str | None = Field(default=None, alias="ServiceBusConnection__fullyQualifiedNamespace")
     client_id: str | None = Field(default=None, alias="ServiceBusConnection__clientId")
     max_batch_bytes: int = Field(default=256 * 1024, ge=1024, alias="RELAYBUS_SERVICEBUS_MAX_BATCH_BYTES")
     linger_ms: float = Field(default=2.0, ge=0, le=1000, alias="RELAYBUS_SERVICEBUS_LINGER_MS")

@@ -58,8 +58,8 @@ from aiohttp import WSMsgType, web
 
 log = logging.getLogger(__name__)
 
-APP_TOKEN = "xapp-1-sandbox-A0SANDBOX-1-0000000000"  # noqa: S105 (the sandbox's public test token)
-BOT_TOKEN = "xoxb-sandbox-0000000000-0000000000"  # noqa: S105
+APP_TOKEN = "xapp-1-sandbox_A0SANDBOX_public"  # noqa: S105 (the sandbox's public test token)
+BOT_TOKEN = "xoxb-sandbox_public"  # noqa: S105
 MAX_FRAME = 20 * 1024
 RESPONSE_URL_POSTS = 5
 WEB_METHODS = frozenset({"chat.postMessage", "chat.update", "views.open", "views.update", "auth.test"})
