@@ -25,6 +25,7 @@ Settlement (what the host does with the message):
 from __future__ import annotations
 
 import logging
+import weakref
 
 import azure.functions as func
 
@@ -37,6 +38,21 @@ from shared.settings import FunctionSettings
 log = logging.getLogger(__name__)
 
 CONNECTION = "ServiceBusConnection"
+
+_indexed: weakref.WeakKeyDictionary[func.FunctionApp, list[func.Function]] = weakref.WeakKeyDictionary()
+
+
+def indexed_functions(app: func.FunctionApp) -> list[func.Function]:
+    """`app.get_functions()`, indexed once per app.
+
+    azure-functions' `get_functions()` is not idempotent (a second call reports every function as a
+    duplicate name), because the Functions host indexes an app exactly once. Everything in this
+    process that needs the registered functions (the local functions host, tests) goes through here.
+    """
+    functions = _indexed.get(app)
+    if functions is None:
+        functions = _indexed[app] = app.get_functions()
+    return functions
 
 
 def register_routes(

@@ -30,7 +30,7 @@ def test_dev_once_closes_the_loop_for_both_platforms(tmp_path: Path) -> None:
             "--timeout",
             "40",
         ],
-        cwd=ROOT,
+        cwd=tmp_path,  # not the checkout: host.json and function_app.py are found beside each other
         env=env,
         capture_output=True,
         text=True,
@@ -38,10 +38,24 @@ def test_dev_once_closes_the_loop_for_both_platforms(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "dev.log").read_text()
     out = proc.stdout
-    assert "summary" in out
+    assert "health: http://127.0.0.1:" in out
+    summary = out.split("summary after", 1)[1]
     for platform in ("slack", "teams"):
-        line = next(s for s in out.splitlines() if s.strip().startswith(f"{platform}:") and "replies" in s)
-        assert "sent 2" in line, line
-        assert "replies 0" not in line, line
-    assert "dead-lettered 0" in out
-    assert queue.exists()
+        line = next(s.strip() for s in summary.splitlines() if s.strip().startswith(f"{platform}:"))
+        # every scripted interaction went socket -> worker -> queue -> function -> reply -> sandbox
+        assert line == f"{platform}: sent 2 · received 2 · published 2 · acked 2 · replies 2", out
+    assert "functions: ok 4 · retried 0 · dead-lettered 0" in summary, out
+    assert "publish failures 0 · invalid frames 0" in summary, out
+    # the queue the demo used is left on disk, drained
+    stats = subprocess.run(
+        [sys.executable, "-m", "worker", "queue", "stats", "--path", str(queue)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    rows = {line.split()[0]: line.split() for line in stats.splitlines()[1:]}
+    assert set(rows) == {"slack-events", "slack-interactive", "slack-commands", "teams-activities", "teams-invokes"}
+    assert all(row[-1] == "0" for row in rows.values()), stats

@@ -13,7 +13,7 @@ import function_app
 from shared.dispatch import Bot, Context
 from shared.envelope import Envelope
 from shared.errors import DeadLetterError
-from shared.functions import register_routes
+from shared.functions import indexed_functions, register_routes
 from shared.routes import ROUTES
 from shared.settings import FunctionSettings
 from tests.factories import slack_event, teams_message
@@ -30,7 +30,7 @@ def sb_message(body: bytes, message_id: str = "m1", delivery_count: int = 1) -> 
 
 
 def functions_by_name(app: func.FunctionApp) -> dict[str, Any]:
-    return {f.get_function_name(): f for f in app.get_functions()}
+    return {f.get_function_name(): f for f in indexed_functions(app)}
 
 
 def test_one_function_per_route_with_the_binding_func_start_indexes() -> None:
@@ -133,3 +133,28 @@ def test_slack_dispatch_keys() -> None:
     with pytest.raises(ValueError, match="already registered"):
         bot.slack.command("/ticket")(h)
     assert not calls
+
+
+def test_local_settings_sample_lists_every_setting_the_function_app_reads() -> None:
+    import json
+    from pathlib import Path
+
+    from shared.routes import ROUTES
+    from shared.settings import FunctionSettings
+
+    sample = json.loads((Path(__file__).resolve().parent.parent / "local.settings.sample.json").read_text())
+    values: dict[str, str] = sample["Values"]
+    read = {f.alias for f in FunctionSettings.model_fields.values() if f.alias}
+    read |= {route.setting for route in ROUTES}
+    read |= {"ServiceBusConnection", "AzureWebJobsStorage", "FUNCTIONS_WORKER_RUNTIME"}
+    assert read <= set(values), sorted(read - set(values))
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    FunctionSettings.from_env(values)  # the placeholders themselves are valid settings
+
+
+def test_the_app_can_be_indexed_more_than_once_in_one_process() -> None:
+    # the local host, the dev stack and tests all index function_app.app; azure-functions alone would
+    # refuse the second get_functions() with "does not have a unique function name"
+    assert [f.get_function_name() for f in indexed_functions(function_app.app)] == [
+        f.get_function_name() for f in indexed_functions(function_app.app)
+    ]

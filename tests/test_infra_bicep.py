@@ -503,7 +503,9 @@ def test_function_triggers_match_the_queues_the_bicep_creates() -> None:
     function_app = pytest.importorskip("function_app")
     queues = json.loads((INFRA / "queues.json").read_text())["queues"]
     triggers: dict[str, dict[str, Any]] = {}
-    for fn in function_app.app.get_functions():
+    from shared.functions import indexed_functions
+
+    for fn in indexed_functions(function_app.app):
         for binding in fn.get_bindings_dict()["bindings"]:
             if binding["type"] == "serviceBusTrigger":
                 triggers[fn.get_function_name()] = binding

@@ -50,6 +50,7 @@ from azure.functions.meta import Datum
 from azure.functions.servicebus import ServiceBusMessage
 
 from shared.errors import ConfigurationError, DeadLetterError
+from shared.functions import indexed_functions
 from shared.queueing.local import (
     Disposition,
     LocalQueueBackend,
@@ -183,7 +184,7 @@ def discover(
     (HTTP, timer) are left out.
     """
     found: list[ServiceBusFunction] = []
-    for fn in app.get_functions():
+    for fn in indexed_functions(app):
         name = fn.get_function_name() or fn.get_user_function().__name__
         bindings: list[dict[str, Any]] = list(fn.get_bindings_dict().get("bindings", []))
         trigger = next((b for b in bindings if b.get("type") == SERVICE_BUS_TRIGGER), None)
