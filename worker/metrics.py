@@ -6,6 +6,8 @@ one process never share counters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.lifecycle import ConnectionStatus, StatusBoard
@@ -52,21 +54,29 @@ class Metrics:
             ["platform", "connection", "state"],
             registry=r,
         )
-        # hot-path caches of labelled children
-        self._children: dict[tuple[str, ...], object] = {}
+        # Hot path: `labels()` costs a lock and a tuple build per call, so the bound `inc`/`observe` of
+        # each labelled child are cached (label sets are few: platform x kind/route).
+        self._children: dict[tuple[str, ...], Callable[..., None]] = {}
+
+    def _child(self, metric: Counter | Histogram, method: str, *labels: str) -> Callable[..., None]:
+        key = (str(id(metric)), method, *labels)
+        bound = self._children.get(key)
+        if bound is None:
+            bound = self._children[key] = getattr(metric.labels(*labels), method)
+        return bound
 
     def received(self, platform: str, kind: str) -> None:
-        self._received.labels(platform, kind).inc()
+        self._child(self._received, "inc", platform, kind)()
 
     def duplicate(self, platform: str, kind: str) -> None:
-        self._duplicates.labels(platform, kind).inc()
+        self._child(self._duplicates, "inc", platform, kind)()
 
     def published(self, platform: str, route: str, seconds: float) -> None:
-        self._published.labels(platform, route).inc()
-        self._latency.labels(platform).observe(seconds)
+        self._child(self._published, "inc", platform, route)()
+        self._child(self._latency, "observe", platform)(seconds)
 
     def acked(self, platform: str, kind: str) -> None:
-        self._acked.labels(platform, kind).inc()
+        self._child(self._acked, "inc", platform, kind)()
 
     def failed(self, platform: str, kind: str, error: str) -> None:
         self._failed.labels(platform, kind, error).inc()

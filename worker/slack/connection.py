@@ -26,6 +26,7 @@ from worker.metrics import Metrics
 from worker.slack.api import redact
 from worker.slack.protocol import Disconnect, EnvelopeFrame, Hello, Invalid, build_ack, parse_frame
 from worker.slack.settings import SlackSettings
+from worker.wsio import write_text_frames
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +224,7 @@ class SlackConnection:
 
     async def _send_acks(self, ws: ClientConnection, batch: list[EnvelopeFrame]) -> None:
         try:
-            async with ws.send_context():
-                protocol = ws.protocol
-                for frame in batch:
-                    protocol.send_text(build_ack(frame.envelope_id).text.encode())
-                chunks = protocol.data_to_send()
-                ws.transport.write(b"".join(chunks))
+            await write_text_frames(ws, [build_ack(frame.envelope_id).text.encode() for frame in batch])
         except ConnectionClosed:
             for frame in batch:
                 log.warning(

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from worker.teams import signalr
 from worker.teams.negotiate import redact
 from worker.teams.protocol import is_delivery_target, is_ready_target
+from worker.wsio import write_text_frames
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class HubConnection:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._backlog: list[signalr.Event] = []
+        self._outbox: list[bytes] = []
+        self._outbox_written: asyncio.Future[bool] | None = None
         self._reader: asyncio.Task[EndReason] | None = None
         self._end: EndReason | None = None
         self._last_inbound = time.monotonic()
@@ -191,15 +194,32 @@ class HubConnection:
         self._finish(EndReason("stopped", detail, allow_reconnect=True))
 
     async def send(self, frame: str) -> bool:
-        """Send one encoded frame; False when the socket is already gone."""
+        """Send one encoded frame; False when the socket is already gone.
+
+        Frames sent during one event-loop iteration (completions of deliveries that finished
+        together) go out in one socket write: the first sender waits one iteration, then writes
+        everything queued meanwhile; the others wait for that write.
+        """
         ws = self._ws
         if ws is None:
             return False
+        self._outbox.append(frame.encode())
+        if self._outbox_written is not None:
+            return await asyncio.shield(self._outbox_written)
+        written = self._outbox_written = asyncio.get_running_loop().create_future()
+        ok = False
         try:
-            await ws.send(frame)
+            await asyncio.sleep(0)
+            batch, self._outbox, self._outbox_written = self._outbox, [], None
+            await write_text_frames(ws, batch)
+            ok = True
         except (ConnectionClosed, WebSocketException, OSError):
-            return False
-        return True
+            pass
+        finally:
+            if self._outbox_written is written:  # cancelled before writing: nothing of this batch was sent
+                self._outbox, self._outbox_written = [], None
+            written.set_result(ok)
+        return ok
 
     async def send_completion(self, invocation_id: str, result: Any) -> bool:
         return await self.send(signalr.completion(invocation_id, result))
