@@ -40,6 +40,8 @@ def _camel(key: str) -> str:
 
 def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
     """Top-level keys camelCased (`EnvelopeId` → `envelopeId`); the activity inside is left as received."""
+    if all(k[:1].islower() for k in data):  # the usual case: already camelCase, nothing to copy
+        return data
     return {_camel(k): v for k, v in data.items()}
 
 
@@ -101,10 +103,10 @@ class Delivery:
 
     def dedupe_keys(self) -> tuple[str, ...]:
         """envelopeId, and conversation.id/activity.id (a redelivery may carry a new envelopeId)."""
-        keys = [self.envelope_id]
-        if self.conversation_id and self.activity_id:
-            keys.append(f"{self.conversation_id}/{self.activity_id}")
-        return tuple(keys)
+        conversation_id, activity_id = self.conversation_id, self.activity_id
+        if conversation_id and activity_id:
+            return (self.envelope_id, f"{conversation_id}/{activity_id}")
+        return (self.envelope_id,)
 
     def to_envelope(self, connection_id: str | None = None, received_at: datetime | None = None) -> Envelope:
         keys = self.dedupe_keys()
