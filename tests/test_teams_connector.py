@@ -428,3 +428,16 @@ async def test_no_token_in_any_log_line(caplog: pytest.LogCaptureFixture) -> Non
     assert envelope_lines
     assert all("cv=" in line and "envelopeId=" in line and "geo=amer" in line for line in envelope_lines)
     assert all("connection=" in line and "connection=None" not in line for line in envelope_lines)
+
+
+async def test_completions_finishing_together_each_reach_the_service() -> None:
+    # 60 publishes that end in the same instant: their completions leave in one socket write
+    # (worker/wsio.py) and must still arrive as 60 separate completions, each for its own envelope.
+    backend = MemoryBackend(latency=0.2)
+    async with make_sandbox() as sandbox, running(sandbox, backend=backend) as h:
+        ids = [await sandbox.send_user_message(f"together {i}") for i in range(60)]
+        await sandbox.wait_acked(60, within=5)
+        assert len(sandbox.completions) == 60
+        assert {r["status"] for r in sandbox.acked.values()} == {200}
+        assert {m.split("/")[-1] for m in published_ids(h.backend)} == set(ids)
+        assert h.metrics.total("relaybus_envelopes_acked_total", platform="teams") == 60
