@@ -50,6 +50,10 @@ class DedupeWindow:
                 pending = True
         return KeyState.PENDING if pending else KeyState.NEW
 
+    def pending_key(self, keys: Iterable[str]) -> str | None:
+        """The first of `keys` whose publish is under way, if any."""
+        return next((key for key in keys if key in self._pending), None)
+
     def begin(self, keys: Iterable[str]) -> None:
         """Mark keys as being published."""
         self._pending.update(keys)

@@ -79,27 +79,25 @@ class Handoff:
 
     async def hand_off(self, envelope: Envelope, keys: Sequence[str] = ()) -> HandoffResult:
         keys = tuple(keys) or (envelope.dedupe_key,)
-        platform = envelope.platform.value
-        self._metrics.received(platform, envelope.kind.value)
+        platform, kind = envelope.platform, envelope.kind  # StrEnums: usable as metric labels as they are
+        metrics = self._metrics
+        metrics.received(platform, kind)
         state = self._dedupe.state(keys, self._clock())
         if state is KeyState.DONE:
-            self._metrics.duplicate(platform, envelope.kind.value)
+            metrics.duplicate(platform, kind)
             log.info("duplicate dropped platform=%s dedupe_key=%s", platform, envelope.dedupe_key)
             return HandoffResult(Outcome.DUPLICATE)
         if state is KeyState.PENDING:
             return await self._await_pending(envelope, keys)
 
         self._dedupe.begin(keys)
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        for key in keys:
-            self._waiters[key] = done
         started = time.perf_counter()
         try:
             route = await self._publisher.publish(envelope)
         except (PublishError, RoutingError) as exc:
             self._dedupe.release(keys)
-            self._settle(keys, done, ok=False)
-            self._metrics.failed(platform, envelope.kind.value, type(exc).__name__)
+            self._settle(keys, ok=False)
+            metrics.failed(platform, kind, type(exc).__name__)
             log.warning(
                 "publish failed, not acking platform=%s dedupe_key=%s error=%s",
                 platform,
@@ -111,11 +109,12 @@ class Handoff:
             # Cancellation or a bug: the envelope is not known to be durable, so it must not be acked
             # and its keys must not block the redelivery.
             self._dedupe.release(keys)
-            self._settle(keys, done, ok=False)
+            self._settle(keys, ok=False)
             raise
         self._dedupe.confirm(keys, self._clock())
-        self._settle(keys, done, ok=True)
-        self._metrics.published(platform, route.name, time.perf_counter() - started)
+        if self._waiters:
+            self._settle(keys, ok=True)
+        metrics.published(platform, route.name, time.perf_counter() - started)
         return HandoffResult(Outcome.PUBLISHED, route=route.name)
 
     def acked(self, envelope: Envelope) -> None:
@@ -123,16 +122,22 @@ class Handoff:
         self._metrics.acked(envelope.platform.value, envelope.kind.value)
 
     async def _await_pending(self, envelope: Envelope, keys: tuple[str, ...]) -> HandoffResult:
-        waiter = next((self._waiters[k] for k in keys if k in self._waiters), None)
-        ok = await asyncio.shield(waiter) if waiter is not None else False
+        """Wait for the publish under way for one of these keys (its future is made on first demand)."""
+        pending = self._dedupe.pending_key(keys)
+        ok = False
+        if pending is not None:
+            waiter = self._waiters.get(pending)
+            if waiter is None:
+                waiter = self._waiters[pending] = asyncio.get_running_loop().create_future()
+            ok = await asyncio.shield(waiter)
         if ok:
-            self._metrics.duplicate(envelope.platform.value, envelope.kind.value)
+            self._metrics.duplicate(envelope.platform, envelope.kind)
             return HandoffResult(Outcome.DUPLICATE)
         return HandoffResult(Outcome.FAILED, error="a concurrent publish of the same event failed")
 
-    def _settle(self, keys: tuple[str, ...], done: asyncio.Future[bool], *, ok: bool) -> None:
+    def _settle(self, keys: tuple[str, ...], *, ok: bool) -> None:
+        """Tell duplicates waiting on any of these keys how the publish ended."""
         for key in keys:
-            if self._waiters.get(key) is done:
-                del self._waiters[key]
-        if not done.done():
-            done.set_result(ok)
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(ok)

@@ -6,13 +6,79 @@ one process never share counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from math import inf as INF
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from worker.lifecycle import ConnectionStatus, StatusBoard
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Counters:
+    """Counters bumped once or more per envelope: plain numbers, exported by `collect()`.
+
+    prometheus_client's `labels().inc()` takes a lock and builds the label tuple on every call (7 % of
+    the Slack hot path when profiled); the worker updates its counters from one event loop, so a dict
+    of numbers does the same job.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *labels: str) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + 1.0
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in list(self.values.items()):
+            family.add_metric([str(v) for v in labels], value)
+        return family
+
+
+class _Latency:
+    """A histogram with fixed buckets per platform, the same way (Prometheus `le` buckets)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(buckets)
+        self.counts: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, platform: str, seconds: float) -> None:
+        counts = self.counts.get(platform)
+        if counts is None:
+            counts = self.counts[platform] = [0] * (len(self.bounds) + 1)
+            self.sums[platform] = 0.0
+        counts[bisect_left(self.bounds, seconds)] += 1
+        self.sums[platform] += seconds
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=("platform",))
+        for platform, counts in list(self.counts.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, INF), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == INF else repr(bound), float(cumulative)))
+            family.add_metric([str(platform)], buckets, self.sums[platform])
+        return family
+
+
+class _HotCollector(Collector):
+    def __init__(self, parts: Sequence[_Counters | _Latency]) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterable[Metric]:
+        return [part.family() for part in self._parts]
 
 
 class Metrics:
@@ -20,18 +86,20 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.status = status or StatusBoard()
         r = self.registry
-        self._received = Counter(
-            "relaybus_envelopes_received", "Envelopes received from a platform", ["platform", "kind"], registry=r
+        self._received = _Counters(
+            "relaybus_envelopes_received", "Envelopes received from a platform", ["platform", "kind"]
         )
-        self._duplicates = Counter(
-            "relaybus_duplicates_dropped", "Envelopes dropped as duplicates", ["platform", "kind"], registry=r
+        self._duplicates = _Counters(
+            "relaybus_duplicates_dropped", "Envelopes dropped as duplicates", ["platform", "kind"]
         )
-        self._published = Counter(
-            "relaybus_envelopes_published", "Envelopes made durable in a queue", ["platform", "route"], registry=r
+        self._published = _Counters(
+            "relaybus_envelopes_published", "Envelopes made durable in a queue", ["platform", "route"]
         )
-        self._acked = Counter(
-            "relaybus_envelopes_acked", "Envelopes acked to the platform", ["platform", "kind"], registry=r
+        self._acked = _Counters("relaybus_envelopes_acked", "Envelopes acked to the platform", ["platform", "kind"])
+        self._latency = _Latency(
+            "relaybus_publish_latency_seconds", "Time from publish start to durable", _LATENCY_BUCKETS
         )
+        r.register(_HotCollector([self._received, self._duplicates, self._published, self._acked, self._latency]))
         self._failed = Counter(
             "relaybus_publish_failed",
             "Publishes that failed (envelope not acked)",
@@ -41,42 +109,27 @@ class Metrics:
         self._invalid = Counter(
             "relaybus_invalid_frames", "Frames rejected before becoming envelopes", ["platform", "reason"], registry=r
         )
-        self._latency = Histogram(
-            "relaybus_publish_latency_seconds",
-            "Time from publish start to durable",
-            ["platform"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
         self._state = Gauge(
             "relaybus_connection_state",
             "1 for the current state of each connection",
             ["platform", "connection", "state"],
             registry=r,
         )
-        # Hot path: `labels()` costs a lock and a tuple build per call, so the bound `inc`/`observe` of
-        # each labelled child are cached (label sets are few: platform x kind/route).
-        self._children: dict[tuple[str, ...], Callable[..., None]] = {}
 
-    def _child(self, metric: Counter | Histogram, method: str, *labels: str) -> Callable[..., None]:
-        key = (str(id(metric)), method, *labels)
-        bound = self._children.get(key)
-        if bound is None:
-            bound = self._children[key] = getattr(metric.labels(*labels), method)
-        return bound
+    # Labels may be `StrEnum` members (`Platform.SLACK`): they are strings, and cheaper than `.value`.
 
     def received(self, platform: str, kind: str) -> None:
-        self._child(self._received, "inc", platform, kind)()
+        self._received.inc(platform, kind)
 
     def duplicate(self, platform: str, kind: str) -> None:
-        self._child(self._duplicates, "inc", platform, kind)()
+        self._duplicates.inc(platform, kind)
 
     def published(self, platform: str, route: str, seconds: float) -> None:
-        self._child(self._published, "inc", platform, route)()
-        self._child(self._latency, "observe", platform)(seconds)
+        self._published.inc(platform, route)
+        self._latency.observe(platform, seconds)
 
     def acked(self, platform: str, kind: str) -> None:
-        self._child(self._acked, "inc", platform, kind)()
+        self._acked.inc(platform, kind)
 
     def failed(self, platform: str, kind: str, error: str) -> None:
         self._failed.labels(platform, kind, error).inc()
