@@ -7,6 +7,10 @@
     │   ├── TransientPublishError     worth retrying (network, throttling, busy)
     │   └── PermanentPublishError     retrying cannot help (too large, unauthorized, queue missing)
     ├── DeadLetterError           raised by a function to dead-letter its message with a reason
+    ├── RecipientGone             a reply can never be delivered (the user blocked or removed the bot):
+    │                             the function completes its message with a warning, no retry
+    ├── UnsafeReplyTarget         a reply target the function refuses (a serviceUrl off the allowlist):
+    │                             the message is dead-lettered with the reason
     └── ConfigurationError        a setting is missing or wrong; names the setting
 
 Third-party errors are translated at the boundary (`raise Mapped(...) from exc`) with the ids
@@ -56,6 +60,21 @@ class DeadLetterError(RelaybusError):
         super().__init__(f"{reason}: {description}")
         self.reason = reason
         self.description = description
+
+
+class RecipientGone(RelaybusError):
+    """The platform will never accept this reply (Teams 403 `MessageWritesBlocked`): retrying cannot help.
+
+    `shared.functions.process_message` completes the message with a warning instead of letting Service
+    Bus redeliver it `maxDeliveryCount` times into the dead-letter queue.
+    """
+
+
+class UnsafeReplyTarget(RelaybusError):
+    """A reply target the function must not use (a serviceUrl that is not an allowed Bot Framework host).
+
+    The message is dead-lettered with the reason: a forged or misrouted message, never retried.
+    """
 
 
 class ConfigurationError(RelaybusError):

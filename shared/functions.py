@@ -31,7 +31,7 @@ import azure.functions as func
 
 from shared.dispatch import Bot, Context, ReplyClients
 from shared.envelope import Envelope
-from shared.errors import DeadLetterError, InvalidEnvelopeError
+from shared.errors import DeadLetterError, InvalidEnvelopeError, RecipientGone, UnsafeReplyTarget
 from shared.routes import ROUTES, Route, RouteTable
 from shared.settings import FunctionSettings
 
@@ -118,4 +118,24 @@ async def process_message(
         message_id=message_id,
         delivery_count=msg.delivery_count or 1,
     )
-    return await bot.dispatch(ctx)
+    try:
+        return await bot.dispatch(ctx)
+    except RecipientGone as exc:
+        # Retrying cannot help (the user blocked or removed the bot), and dead-lettering every message
+        # to such a user would bury real failures: complete it, say so once.
+        log.warning(
+            "reply refused for good, completing without retry function=%s message_id=%s dedupe_key=%s: %s",
+            route.name,
+            message_id,
+            envelope.dedupe_key,
+            exc,
+        )
+        return True
+    except UnsafeReplyTarget as exc:
+        log.error(
+            "dead-lettering message with an unsafe reply target function=%s message_id=%s: %s",
+            route.name,
+            message_id,
+            exc,
+        )
+        raise DeadLetterError(type(exc).__name__, str(exc)) from exc

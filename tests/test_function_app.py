@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import azure.functions as func
@@ -10,13 +11,15 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
 import function_app
-from shared.dispatch import Bot, Context
+from shared.dispatch import Bot, Context, ReplyClients
 from shared.envelope import Envelope
 from shared.errors import DeadLetterError
 from shared.functions import indexed_functions, register_routes
 from shared.routes import ROUTES
 from shared.settings import FunctionSettings
+from shared.teams.connector import BotConnectorError
 from tests.factories import slack_event, teams_message
+from worker.sandbox.teams import TeamsSandbox
 
 
 def sb_message(body: bytes, message_id: str = "m1", delivery_count: int = 1) -> ServiceBusMessage:
@@ -158,3 +161,62 @@ def test_the_app_can_be_indexed_more_than_once_in_one_process() -> None:
     assert [f.get_function_name() for f in indexed_functions(function_app.app)] == [
         f.get_function_name() for f in indexed_functions(function_app.app)
     ]
+
+
+def build_for_sandbox(bot: Bot, sandbox: TeamsSandbox) -> tuple[dict[str, Any], ReplyClients]:
+    app = func.FunctionApp()
+    settings = FunctionSettings.from_env(
+        {"TEAMS_STATIC_TOKEN": sandbox.bot_token, "BOT_CONNECTOR_ALLOWED_HOSTS": "127.0.0.1"}
+    )
+    clients = register_routes(app, bot, settings)
+    return functions_by_name(app), clients
+
+
+def replying_bot() -> Bot:
+    bot = Bot()
+
+    @bot.teams.message
+    async def answer(ctx: Context) -> None:
+        await ctx.teams.reply(ctx.activity, "hello back")
+
+    return bot
+
+
+def teams_message_from(sandbox: TeamsSandbox, service_url: str | None = None) -> Envelope:
+    env = teams_message()
+    activity = {**env.payload, "serviceUrl": service_url or sandbox.service_url}
+    return env.model_copy(update={"payload": activity})
+
+
+async def test_a_reply_the_user_blocked_completes_the_message_without_retry(caplog: pytest.LogCaptureFixture) -> None:
+    async with TeamsSandbox() as sandbox:
+        fns, clients = build_for_sandbox(replying_bot(), sandbox)
+        sandbox.fail_replies(403, times=1, body={"error": {"code": "MessageWritesBlocked", "message": "blocked"}})
+        with caplog.at_level(logging.WARNING, logger="shared.functions"):
+            result = await fns["teams_activities"].get_user_function()(
+                sb_message(teams_message_from(sandbox).to_body())
+            )
+        await clients.aclose()
+    assert result is None  # completed: no exception, so Service Bus does not redeliver
+    assert sandbox.stats["reply_403"] == 1 and not sandbox.replies
+    assert any("reply refused for good" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_reply_to_a_serviceurl_off_the_allowlist_is_dead_lettered() -> None:
+    async with TeamsSandbox() as sandbox:
+        fns, clients = build_for_sandbox(replying_bot(), sandbox)
+        forged = teams_message_from(sandbox, "https://attacker.example/teams/")
+        with pytest.raises(DeadLetterError) as err:
+            await fns["teams_activities"].get_user_function()(sb_message(forged.to_body()))
+        await clients.aclose()
+    assert err.value.reason == "ServiceUrlNotAllowed"
+    assert "attacker.example" in err.value.description and not sandbox.replies
+
+
+async def test_other_reply_failures_propagate_so_service_bus_redelivers() -> None:
+    async with TeamsSandbox() as sandbox:
+        fns, clients = build_for_sandbox(replying_bot(), sandbox)
+        sandbox.fail_replies(400, times=1, body={"error": {"code": "BadArgument", "message": "no"}})
+        with pytest.raises(BotConnectorError):
+            await fns["teams_activities"].get_user_function()(sb_message(teams_message_from(sandbox).to_body()))
+        await clients.aclose()

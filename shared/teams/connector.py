@@ -13,8 +13,10 @@
 Exception tree (all `RelaybusError`):
 
     BotConnectorError              an HTTP error from the Bot Connector (status, code)
-    ├── MessageWritesBlocked       403 MessageWritesBlocked: do not retry, do not dead-letter noisily
-    └── ServiceUrlNotAllowed       the serviceUrl's host is not on the allowlist (permanent)
+    ├── MessageWritesBlocked       403 MessageWritesBlocked: never retried; also a `RecipientGone`, so the
+    │                              function completes its message with a warning
+    └── ServiceUrlNotAllowed       the serviceUrl's host is not on the allowlist; also an
+                                   `UnsafeReplyTarget`, so the message is dead-lettered with the reason
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from shared.errors import RelaybusError
+from shared.errors import RecipientGone, RelaybusError, UnsafeReplyTarget
 from shared.settings import FunctionSettings
 from shared.teams.auth import CredentialTokenProvider, StaticTokenProvider, TokenProvider, credential_for
 
@@ -56,11 +58,11 @@ class BotConnectorError(RelaybusError):
         self.code = code
 
 
-class MessageWritesBlocked(BotConnectorError):
+class MessageWritesBlocked(BotConnectorError, RecipientGone):
     """403 MessageWritesBlocked: the user blocked the bot or removed it; retrying cannot help."""
 
 
-class ServiceUrlNotAllowed(BotConnectorError):
+class ServiceUrlNotAllowed(BotConnectorError, UnsafeReplyTarget):
     """The activity's serviceUrl is not a Bot Framework host on the allowlist."""
 
 
