@@ -245,6 +245,7 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # `json.dumps(..., separators=…)` builds one per call
 _DEDUPE = (
     "INSERT INTO dedupe(queue, message_id, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT(queue, message_id) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at <= ?"
@@ -398,7 +399,7 @@ class LocalQueueStore:
                         message.queue,
                         message.message_id,
                         message.session_id,
-                        json.dumps(dict(message.application_properties), separators=(",", ":")),
+                        _COMPACT.encode(dict(message.application_properties)),
                         message.body,
                         now,
                         now if available_at is None else max(now, available_at),

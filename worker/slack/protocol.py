@@ -129,14 +129,17 @@ def parse_frame(
         return Invalid("bad_envelope", f"does not fit the envelope contract: {exc.error_count()} errors", envelope_id)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # `json.dumps(..., separators=…)` builds one per call
+
+
 def build_ack(envelope_id: str, payload: dict[str, Any] | None = None, *, limit: int = MAX_ACK_BYTES) -> Ack:
     """The ack frame for an envelope; a payload that would make the frame reach `limit` bytes is dropped."""
-    bare = json.dumps({"envelope_id": envelope_id}, separators=(",", ":"))
+    bare = _COMPACT.encode({"envelope_id": envelope_id})
     if len(bare.encode()) >= limit:
         raise ValueError(f"envelope_id too long for an ack frame ({len(envelope_id)} characters)")
     if payload is None:
         return Ack(bare)
-    full = json.dumps({"envelope_id": envelope_id, "payload": payload}, separators=(",", ":"))
+    full = _COMPACT.encode({"envelope_id": envelope_id, "payload": payload})
     if len(full.encode()) >= limit:
         return Ack(bare, payload_dropped=True)
     return Ack(full)

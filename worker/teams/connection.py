@@ -115,7 +115,9 @@ class HubConnection:
         self.connection_id: str | None = None
         self.bot_key: str | None = None
         self._ws: ClientConnection | None = None
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._deliveries = 0  # deliveries under way (the backpressure count)
+        self._room = asyncio.Event()  # set when a delivery finishes while the reader waits for a slot
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._backlog: list[signalr.Event] = []
         self._outbox: list[bytes] = []
@@ -290,26 +292,30 @@ class HubConnection:
 
     async def _spawn(self, invocation: signalr.Invocation) -> None:
         recv_at = epoch_ms()
-        if self._slots.locked():
+        if self._deliveries >= self._max_in_flight:  # backpressure: the reader waits for a slot
             self._waiting_for_slot = True
             try:
-                await self._slots.acquire()
+                while self._deliveries >= self._max_in_flight:
+                    self._room.clear()
+                    await self._room.wait()
             finally:
                 self._waiting_for_slot = False
                 self._last_inbound = time.monotonic()
-        else:
-            await self._slots.acquire()
+        self._deliveries += 1
         task = asyncio.create_task(self._run_delivery(invocation, recv_at))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._deliveries -= 1
+        self._room.set()
 
     async def _run_delivery(self, invocation: signalr.Invocation, recv_at: int) -> None:
         try:
             await self._deliver(self, invocation, recv_at)
         except Exception:
             log.exception("delivery failed on %s (invocation %s)", self.name, invocation.invocation_id)
-        finally:
-            self._slots.release()
 
     async def _ping(self) -> None:
         frame = signalr.ping()

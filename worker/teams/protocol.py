@@ -40,7 +40,7 @@ def _camel(key: str) -> str:
 
 def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
     """Top-level keys camelCased (`EnvelopeId` → `envelopeId`); the activity inside is left as received."""
-    if all(k[:1].islower() for k in data):  # the usual case: already camelCase, nothing to copy
+    if "envelopeId" in data:  # the usual case: the service's camelCase serializer, nothing to copy
         return data
     return {_camel(k): v for k, v in data.items()}
 

@@ -137,9 +137,12 @@ class FrameBuffer:
         return [p for p in parts if p]
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # `json.dumps(..., separators=…)` builds one per call
+
+
 def encode(message: dict[str, Any]) -> str:
     """One frame: compact JSON plus the record separator."""
-    return json.dumps(message, separators=(",", ":")) + RECORD_SEPARATOR
+    return _COMPACT.encode(message) + RECORD_SEPARATOR
 
 
 def handshake_request() -> str:
