@@ -7,8 +7,9 @@
     │   ├── TransientPublishError     worth retrying (network, throttling, busy)
     │   └── PermanentPublishError     retrying cannot help (too large, unauthorized, queue missing)
     ├── DeadLetterError           raised by a function to dead-letter its message with a reason
-    ├── RecipientGone             a reply can never be delivered (the user blocked or removed the bot):
-    │                             the function completes its message with a warning, no retry
+    ├── RecipientGone             a reply can never be delivered (the user blocked or removed the bot, the
+    │                             channel is gone, the response_url expired): the function completes its
+    │                             message with a warning, no retry
     ├── UnsafeReplyTarget         a reply target the function refuses (a serviceUrl off the allowlist):
     │                             the message is dead-lettered with the reason
     └── ConfigurationError        a setting is missing or wrong; names the setting
@@ -63,7 +64,10 @@ class DeadLetterError(RelaybusError):
 
 
 class RecipientGone(RelaybusError):
-    """The platform will never accept this reply (Teams 403 `MessageWritesBlocked`): retrying cannot help.
+    """The platform will never accept this reply: retrying cannot help.
+
+    Teams 403 `MessageWritesBlocked`; Slack `channel_not_found`, `is_archived`, `not_in_channel`,
+    `expired_url`, `used_url`, `expired_trigger_id`.
 
     `shared.functions.process_message` completes the message with a warning instead of letting Service
     Bus redeliver it `maxDeliveryCount` times into the dead-letter queue.

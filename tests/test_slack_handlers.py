@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 from azure.functions.servicebus import ServiceBusMessage
 from pydantic import SecretStr
 
@@ -16,6 +18,7 @@ from shared.queueing.base import EnvelopePublisher, QueueMessage
 from shared.queueing.memory import MemoryBackend
 from shared.routes import ROUTES
 from shared.settings import FunctionSettings
+from shared.slack.web import SlackApiError, SlackReplyGone
 from worker.handoff import Handoff
 from worker.metrics import Metrics
 from worker.sandbox.slack import RecordedCall, SlackSandbox
@@ -92,3 +95,29 @@ async def test_slash_command_is_answered_through_response_url_and_its_button_upd
         assert update.body["channel"] == "C1"
         assert update.body["ts"] == "1700000000.000100"
         assert update.body["text"] == "Acknowledged by <@U0SANDBOXUSER>"
+
+
+async def test_a_reply_slack_will_never_accept_completes_the_message_without_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A response_url takes 5 posts; the sixth delivery of the same command meets `used_url`: retrying
+    # cannot help, so the function completes the message (with a warning) instead of raising.
+    async with stack() as (slack, backend, clients):
+        command = await slack.send_slash_command("/ticket", "again and again", user="U9")
+        await slack.wait_acked_keys({command.key}, within=5)
+        (message,) = [m for m in backend.all_messages() if m.message_id == command.key]
+        for _ in range(5):
+            assert await run_function(message, clients)
+        with caplog.at_level(logging.WARNING, logger="shared.functions"):
+            assert await run_function(message, clients)
+        assert len([r for r in slack.replies if r.method == "response_url"]) == 5
+        assert any("reply refused for good" in r.getMessage() and "used_url" in r.getMessage() for r in caplog.records)
+
+
+async def test_slack_errors_say_whether_a_retry_can_help() -> None:
+    async with stack() as (_slack, _backend, clients):
+        with pytest.raises(SlackApiError) as raised:
+            await clients.slack.post_message("C1", "")  # no_text: a handler bug, worth a redelivery after a fix
+        assert raised.value.error == "no_text" and not isinstance(raised.value, SlackReplyGone)
+        with pytest.raises(SlackReplyGone):
+            await clients.slack.post_message("", "hello")  # channel_not_found

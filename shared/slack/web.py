@@ -10,7 +10,10 @@ never longer than `max_retry_after` per wait; then `SlackRateLimitedError`. A re
 raises `SlackApiError` carrying Slack's error code. The token is never logged.
 
     SlackApiError (RelaybusError)     ok:false, an HTTP error, or a transport failure
-    └── SlackRateLimitedError         still rate limited after the bounded retries
+    ├── SlackRateLimitedError         still rate limited after the bounded retries
+    └── SlackReplyGone                the reply can never land (channel gone or archived, bot not in the
+                                      channel, response_url or trigger expired); also a `RecipientGone`,
+                                      so the function completes its message with a warning
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from shared.errors import ConfigurationError, RelaybusError
+from shared.errors import ConfigurationError, RecipientGone, RelaybusError
 from shared.settings import FunctionSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,21 @@ class SlackApiError(RelaybusError):
         self.method = method
         self.error = error
         self.response: Mapping[str, Any] = response or {}
+
+
+class SlackReplyGone(SlackApiError, RecipientGone):
+    """Slack will never accept this reply: retrying the same message cannot help."""
+
+
+REPLY_GONE_ERRORS = frozenset(
+    {"channel_not_found", "is_archived", "not_in_channel", "expired_url", "used_url", "expired_trigger_id"}
+)
+"""Slack error codes after which the same reply can never succeed."""
+
+
+def api_error(method: str, error: str, response: Mapping[str, Any] | None = None) -> SlackApiError:
+    cls = SlackReplyGone if error in REPLY_GONE_ERRORS else SlackApiError
+    return cls(method, error, response)
 
 
 class SlackRateLimitedError(SlackApiError):
@@ -183,13 +201,11 @@ def _result(method: str, response: httpx.Response) -> dict[str, Any]:
         if response.is_success and (not isinstance(data, dict) or data.get("ok", True) is not False):
             return data if isinstance(data, dict) else {"ok": True}
         error = data.get("error") if isinstance(data, dict) else None
-        raise SlackApiError(
-            method, str(error or f"http_{response.status_code}"), data if isinstance(data, dict) else None
-        )
+        raise api_error(method, str(error or f"http_{response.status_code}"), data if isinstance(data, dict) else None)
     if not isinstance(data, dict):
         raise SlackApiError(method, f"http_{response.status_code}")
     if data.get("ok") is not True:
-        raise SlackApiError(method, str(data.get("error") or f"http_{response.status_code}"), data)
+        raise api_error(method, str(data.get("error") or f"http_{response.status_code}"), data)
     for warning in (data.get("response_metadata") or {}).get("warnings", []) or []:
         log.info("slack %s warning: %s", method, warning)
     return data
