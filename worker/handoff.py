@@ -112,14 +112,13 @@ class Handoff:
             self._settle(keys, ok=False)
             raise
         self._dedupe.confirm(keys, self._clock())
-        if self._waiters:
-            self._settle(keys, ok=True)
+        self._settle(keys, ok=True)
         metrics.published(platform, route.name, time.perf_counter() - started)
         return HandoffResult(Outcome.PUBLISHED, route=route.name)
 
     def acked(self, envelope: Envelope) -> None:
         """Connectors call this once the platform ack was sent (for the acked counter)."""
-        self._metrics.acked(envelope.platform.value, envelope.kind.value)
+        self._metrics.acked(envelope.platform, envelope.kind)
 
     async def _await_pending(self, envelope: Envelope, keys: tuple[str, ...]) -> HandoffResult:
         """Wait for the publish under way for one of these keys (its future is made on first demand)."""

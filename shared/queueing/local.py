@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from shared.errors import PermanentPublishError, PublishError, RelaybusError, TransientPublishError
+from shared.jsonfmt import compact
 from shared.queueing.base import QueueMessage
 from shared.routes import ROUTES, Route, RouteTable
 
@@ -245,7 +246,6 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # `json.dumps(..., separators=…)` builds one per call
 _DEDUPE = (
     "INSERT INTO dedupe(queue, message_id, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT(queue, message_id) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at <= ?"
@@ -399,7 +399,7 @@ class LocalQueueStore:
                         message.queue,
                         message.message_id,
                         message.session_id,
-                        _COMPACT.encode(dict(message.application_properties)),
+                        compact(dict(message.application_properties)),
                         message.body,
                         now,
                         now if available_at is None else max(now, available_at),

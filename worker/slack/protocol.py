@@ -22,6 +22,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from shared.envelope import Envelope, Kind, Platform, RetryInfo, utcnow
+from shared.jsonfmt import compact
 
 MAX_ACK_BYTES: Final = 20 * 1024
 """Slack drops (and may close the socket on) frames of this size or more."""
@@ -129,17 +130,14 @@ def parse_frame(
         return Invalid("bad_envelope", f"does not fit the envelope contract: {exc.error_count()} errors", envelope_id)
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # `json.dumps(..., separators=…)` builds one per call
-
-
 def build_ack(envelope_id: str, payload: dict[str, Any] | None = None, *, limit: int = MAX_ACK_BYTES) -> Ack:
     """The ack frame for an envelope; a payload that would make the frame reach `limit` bytes is dropped."""
-    bare = _COMPACT.encode({"envelope_id": envelope_id})
+    bare = compact({"envelope_id": envelope_id})
     if len(bare.encode()) >= limit:
         raise ValueError(f"envelope_id too long for an ack frame ({len(envelope_id)} characters)")
     if payload is None:
         return Ack(bare)
-    full = _COMPACT.encode({"envelope_id": envelope_id, "payload": payload})
+    full = compact({"envelope_id": envelope_id, "payload": payload})
     if len(full.encode()) >= limit:
         return Ack(bare, payload_dropped=True)
     return Ack(full)

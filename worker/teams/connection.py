@@ -117,7 +117,7 @@ class HubConnection:
         self._ws: ClientConnection | None = None
         self._max_in_flight = max_in_flight
         self._deliveries = 0  # deliveries under way (the backpressure count)
-        self._room = asyncio.Event()  # set when a delivery finishes while the reader waits for a slot
+        self._room = asyncio.Event()  # set whenever a delivery finishes (wakes a reader waiting for a slot)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._backlog: list[signalr.Event] = []
         self._outbox: list[bytes] = []

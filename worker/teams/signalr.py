@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from shared.errors import RelaybusError
+from shared.jsonfmt import compact
 
 RECORD_SEPARATOR = "\x1e"
 PROTOCOL_NAME = "json"
@@ -137,12 +138,9 @@ class FrameBuffer:
         return [p for p in parts if p]
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # `json.dumps(..., separators=…)` builds one per call
-
-
 def encode(message: dict[str, Any]) -> str:
     """One frame: compact JSON plus the record separator."""
-    return _COMPACT.encode(message) + RECORD_SEPARATOR
+    return compact(message) + RECORD_SEPARATOR
 
 
 def handshake_request() -> str:
