@@ -9,11 +9,12 @@ import logging
 
 import azure.functions as func
 
+from functions import FunctionSettings, register_routes
+from functions.logs import install_redaction
 from handlers import bot
-from shared.functions import register_routes
-from shared.settings import FunctionSettings
 
 logging.getLogger("azure").setLevel(logging.WARNING)
+install_redaction()
 
 settings = FunctionSettings.from_env()
 app = func.FunctionApp()

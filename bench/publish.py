@@ -2,7 +2,7 @@
 
 Backends:
 
-- `local`: `shared.queueing.local.LocalQueueBackend`, durable (SQLite WAL, synchronous=FULL, group
+- `local`: `localqueue.LocalQueueBackend`, durable (SQLite WAL, synchronous=FULL, group
   commit), in a fresh database under `bench-results/`;
 - `servicebus`: `ServiceBusBackend` with batching, over fake senders (`FakeNamespace`) that use the
   SDK's real `ServiceBusMessageBatch` and sleep `SB_ROUND_TRIP` (15 ms) per `send_messages` call: the
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import math
 import tempfile
 import time
@@ -39,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Figure, Table, Target, percentile
+from localqueue import LocalQueueBackend
 from shared.envelope import Envelope, Kind, Platform
-from shared.queueing.base import EnvelopePublisher, QueueBackend
-from shared.queueing.servicebus import FakeNamespace, ServiceBusBackend, ServiceBusOptions
+from worker.publish import EnvelopePublisher, QueueBackend
+from worker.publish.servicebus import ServiceBusBackend, ServiceBusBackendOptions
+from worker.publish.servicebus_fake import FakeNamespace
 
 SB_ROUND_TRIP = 0.015
 WINDOW = 256
@@ -276,7 +277,7 @@ async def open_loop(publisher: EnvelopePublisher, envelopes: list[Envelope], pub
 @asynccontextmanager
 async def servicebus_backend(stats: dict[str, float]) -> AsyncIterator[QueueBackend]:
     fake = FakeNamespace(latency=SB_ROUND_TRIP, record=False)
-    backend = ServiceBusBackend(fake.sender_factory, ServiceBusOptions())
+    backend = ServiceBusBackend(fake.sender_factory, ServiceBusBackendOptions())
     try:
         yield backend
     finally:
@@ -285,23 +286,11 @@ async def servicebus_backend(stats: dict[str, float]) -> AsyncIterator[QueueBack
         stats["messages"] = stats.get("messages", 0) + fake.count
 
 
-def local_backend_class() -> type[Any] | None:
-    try:
-        module = importlib.import_module("shared.queueing.local")
-    except ModuleNotFoundError:
-        return None
-    cls = getattr(module, "LocalQueueBackend", None)
-    return cls if isinstance(cls, type) else None
-
-
 @asynccontextmanager
 async def local_backend(directory: Path) -> AsyncIterator[QueueBackend]:
-    cls = local_backend_class()
-    assert cls is not None
     with tempfile.TemporaryDirectory(prefix="local-queue-", dir=directory) as tmp:
-        backend: Any = cls(Path(tmp) / "queue.db")
-        if hasattr(backend, "open"):
-            await backend.open()
+        backend = LocalQueueBackend(Path(tmp) / "queue.db")
+        await backend.open()
         try:
             yield backend
         finally:
@@ -344,10 +333,7 @@ async def run(quick: bool) -> list[Table]:
     results_dir.mkdir(exist_ok=True)
     sb_stats: dict[str, float] = {}
     backends: list[tuple[str, Callable[[], Any]]] = []
-    if local_backend_class() is not None:
-        backends.append(("local (durable)", lambda: local_backend(results_dir)))
-    else:
-        table.note("local: skipped, shared.queueing.local.LocalQueueBackend is not there yet")
+    backends.append(("local (durable)", lambda: local_backend(results_dir)))
     backends.append((f"servicebus ({SB_ROUND_TRIP * 1000:.0f} ms RTT)", lambda: servicebus_backend(sb_stats)))
 
     for name, factory in backends:

@@ -1,12 +1,12 @@
 """Slack Socket Mode throughput and ack latency: the relaybus worker beside its references.
 
-The sandbox Slack runs in its own process (`python -m worker.sandbox.slack`) so that it does not share
+The sandbox Slack runs in its own process (`python -m devstack.sandbox.slack`) so that it does not share
 an event loop with the client being measured. Each client opens ONE socket and acks a burst of
 events_api envelopes that the sandbox pushes as fast as the socket takes them; throughput is the burst
 size over the time from the first send to the last ack, measured by the sandbox.
 
 - relaybus: the worker's `SlackConnector` publishing to the durable local queue
-  (`shared.queueing.local.LocalQueueBackend`, SQLite WAL, synchronous=FULL) before each ack;
+  (`localqueue.LocalQueueBackend`, SQLite WAL, synchronous=FULL) before each ack;
 - bare loop: `websockets` receive → `json.loads` → ack, nothing else (the practical limit);
 - slack_sdk: `slack_sdk.socket_mode.aiohttp.SocketModeClient` with a listener that acks (what users
   run today).
@@ -36,10 +36,10 @@ import websockets
 from pydantic import SecretStr
 
 from bench.report import Figure, Table, Target, render
-from shared.queueing.base import EnvelopePublisher, QueueBackend
-from shared.queueing.memory import MemoryBackend
 from worker.handoff import Handoff
 from worker.metrics import Metrics
+from worker.publish import EnvelopePublisher, QueueBackend
+from worker.publish.memory import MemoryBackend
 from worker.slack.connector import SlackConnector
 from worker.slack.settings import SlackSettings
 
@@ -93,7 +93,7 @@ async def sandbox_process() -> AsyncIterator[Sandbox]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.sandbox.slack",
+        "devstack.sandbox.slack",
         "--port",
         "0",
         "--ack-deadline",
@@ -184,11 +184,8 @@ async def slack_sdk_builtin_client(api_url: str, app_token: str) -> AsyncIterato
 
 @contextlib.asynccontextmanager
 async def local_backend() -> AsyncIterator[tuple[QueueBackend, str]]:
-    try:
-        from shared.queueing.local import LocalQueueBackend
-    except ImportError:
-        yield MemoryBackend(), "MemoryBackend (shared.queueing.local is missing: NOT durable)"
-        return
+    from localqueue import LocalQueueBackend
+
     with tempfile.TemporaryDirectory(prefix="bench-slack-") as tmp:
         backend = LocalQueueBackend(Path(tmp) / "queue.db")
         await backend.open()

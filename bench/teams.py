@@ -4,7 +4,7 @@ The sandbox Teams hub runs in a process of its own (`bench.teams_hub`) and pushe
 invocations to ONE connection, which answers each with a completion:
 
 - relaybus: `TeamsConnector` publishing each envelope to the durable local queue
-  (`shared.queueing.local.LocalQueueBackend`, SQLite WAL, synchronous=FULL) before answering status
+  (`localqueue.LocalQueueBackend`, SQLite WAL, synchronous=FULL) before answering status
   200; and the same worker over `MemoryBackend`, to show the worker's own cost;
 - @microsoft/signalr: the official JavaScript client in node (`tests/js/client.mjs`), answering at once
   with a client result (no publish at all).
@@ -33,10 +33,10 @@ from typing import Any
 import httpx
 
 from bench.report import Figure, Table, Target, percentile, render
-from shared.queueing.base import EnvelopePublisher, QueueBackend
-from shared.queueing.memory import MemoryBackend
 from worker.handoff import Handoff
 from worker.metrics import Metrics
+from worker.publish import EnvelopePublisher, QueueBackend
+from worker.publish.memory import MemoryBackend
 from worker.teams.connector import TeamsConnector
 from worker.teams.settings import TeamsSettings
 
@@ -106,7 +106,7 @@ Client = Callable[[Hub, list[str]], contextlib.AbstractAsyncContextManager[bool]
 @contextlib.asynccontextmanager
 async def local_backend() -> AsyncIterator[QueueBackend]:
     with tempfile.TemporaryDirectory(prefix="bench-teams-") as tmp:
-        from shared.queueing.local import LocalQueueBackend
+        from localqueue import LocalQueueBackend
 
         backend = LocalQueueBackend(Path(tmp) / "queue.db")
         await backend.open()

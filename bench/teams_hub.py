@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from worker.sandbox.teams import TeamsSandbox
+from devstack.sandbox.teams import TeamsSandbox
 
 
 async def burst(sandbox: TeamsSandbox, count: int) -> float:

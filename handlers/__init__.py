@@ -1,14 +1,13 @@
-"""Your bot: the handlers the function app dispatches envelopes to. Edit these modules.
+"""Your bot: the handlers the function app dispatches envelopes to. Edit these modules, or add your own.
 
-`bot` is the registry; `handlers/slack.py` and `handlers/teams.py` register the example handlers on
-it with decorators such as `@bot.slack.event("app_mention")` and `@bot.teams.message`.
+`bot` is the registry. Every module in this folder is imported by `bot.discover` below (no list to
+edit): a new `handlers/billing.py` that does `from handlers import bot` and decorates its functions is
+found as it is. Modules whose name starts with `_` are skipped (helpers).
 """
 
-from shared.dispatch import Bot
+from functions import Bot
 
 bot = Bot()
+modules = bot.discover(__name__)
 
-# Importing the modules registers their handlers on `bot`.
-from handlers import slack, teams  # noqa: E402
-
-__all__ = ["bot", "slack", "teams"]
+__all__ = ["bot", "modules"]

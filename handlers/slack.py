@@ -5,7 +5,7 @@
 - the button (`block_actions`, action_id `ack_button`): updates the message it is on.
 
 The worker already acked Slack within its 3 s window once the envelope was durable, so these handlers
-can take their time; they reply through the Web API (`ctx.slack`, a `shared.slack.web.SlackWebClient`).
+can take their time; they reply through the Web API (`ctx.slack`, a `functions.slack_api.SlackWebClient`).
 An exception makes Service Bus redeliver the message; raise `DeadLetterError` for hopeless input.
 """
 
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from functions import Context, DeadLetterError
 from handlers import bot
-from shared.dispatch import Context
-from shared.errors import DeadLetterError
 
 ACK_BUTTON = "ack_button"
 

@@ -1,6 +1,6 @@
 """Example Teams handlers: a message answered as a reply, and an Adaptive Card action.
 
-Edit these to build your bot. Replies go through `ctx.teams` (`shared.teams.connector.BotConnectorClient`):
+Edit these to build your bot. Replies go through `ctx.teams` (`functions.teams_api.BotConnectorClient`):
 `reply(activity, text_or_activity)`, `send`, `update`, `delete`, `typing`.
 
 Invokes (Adaptive Card `Action.Execute`) are acknowledged to Teams by the worker with status 200 and an
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from functions import Context
 from handlers import bot
-from shared.dispatch import Context
 
 
 @bot.teams.message

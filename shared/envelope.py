@@ -104,6 +104,8 @@ class Envelope(BaseModel):
             return cls.model_validate_json(body)
         except ValidationError as exc:
             raise InvalidEnvelopeError("InvalidBody", _describe(exc)) from exc
+        except Exception as exc:  # whatever a hostile body makes the parser raise is that body's problem
+            raise InvalidEnvelopeError("InvalidBody", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 def message_id_for(dedupe_key: str) -> str:

@@ -10,8 +10,8 @@
     ├── RecipientGone             a reply can never be delivered (the user blocked or removed the bot, the
     │                             channel is gone, the response_url expired): the function completes its
     │                             message with a warning, no retry
-    ├── UnsafeReplyTarget         a reply target the function refuses (a serviceUrl off the allowlist):
-    │                             the message is dead-lettered with the reason
+    ├── UnsafeReplyTarget         a reply target the function refuses (a serviceUrl or response_url off
+    │                             its allowlist): the message is dead-lettered with the reason
     └── ConfigurationError        a setting is missing or wrong; names the setting
 
 Third-party errors are translated at the boundary (`raise Mapped(...) from exc`) with the ids
@@ -69,16 +69,19 @@ class RecipientGone(RelaybusError):
     Teams 403 `MessageWritesBlocked`; Slack `channel_not_found`, `is_archived`, `not_in_channel`,
     `expired_url`, `used_url`, `expired_trigger_id`.
 
-    `shared.functions.process_message` completes the message with a warning instead of letting Service
+    `functions.triggers.process_message` completes the message with a warning instead of letting Service
     Bus redeliver it `maxDeliveryCount` times into the dead-letter queue.
     """
 
 
 class UnsafeReplyTarget(RelaybusError):
-    """A reply target the function must not use (a serviceUrl that is not an allowed Bot Framework host).
+    """A reply target the function must not use (a serviceUrl or response_url off the allowlist).
 
-    The message is dead-lettered with the reason: a forged or misrouted message, never retried.
+    The message is dead-lettered with `reason` (`UnsafeReplyTarget`, or a subclass's own such as
+    `ServiceUrlNotAllowed`): a forged or misrouted message, never retried.
     """
+
+    reason = "UnsafeReplyTarget"
 
 
 class ConfigurationError(RelaybusError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.queueing.base import QueueMessage
-from shared.queueing.local import QueueConfig
+from localqueue import QueueConfig
+from worker.publish import QueueMessage
 
 PLAIN = "plain"
 ORDERED = "ordered"

@@ -23,7 +23,7 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subp
 def test_run_without_any_platform_says_what_to_set(tmp_path: Path) -> None:
     proc = run("run", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "SLACK_APP_TOKEN" in proc.stderr and "python -m worker dev" in proc.stderr
+    assert "SLACK_APP_TOKEN" in proc.stderr and "python -m devstack dev" in proc.stderr
 
 
 def test_a_wrong_setting_is_named_at_start(tmp_path: Path) -> None:

@@ -15,18 +15,18 @@ import azure.functions as func
 import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
-from shared.errors import ConfigurationError, DeadLetterError
-from shared.queueing.local import LocalQueueBackend, LocalQueueStore, QueueConfig
-from tests.conftest_local import ORDERED, PLAIN, message, test_queues
-from tests.factories import slack_event
-from worker.funchost import (
-    Invocation,
+from devstack.funchost import (
+    FunctionRun,
+    HostOptions,
     LocalFunctionsHost,
-    Outcome,
-    ServiceBusOptions,
+    Settlement,
     discover,
     parse_timespan,
 )
+from localqueue import LocalQueueBackend, LocalQueueStore, QueueConfig
+from shared.errors import ConfigurationError, DeadLetterError
+from tests.conftest_local import ORDERED, PLAIN, message, test_queues
+from tests.factories import slack_event
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"PLAIN_QUEUE": PLAIN, "ORDERED_QUEUE": ORDERED}
@@ -62,22 +62,22 @@ class Harness:
         self,
         tmp_path: Path,
         app: func.FunctionApp,
-        options: ServiceBusOptions | None = None,
+        options: HostOptions | None = None,
         queues: dict[str, QueueConfig] | None = None,
     ) -> None:
         self.backend = LocalQueueBackend(tmp_path / "q.db", queues=queues or test_queues())
-        self.outcomes: list[Invocation] = []
+        self.outcomes: list[FunctionRun] = []
         self.host = LocalFunctionsHost(
             app,
             self.backend,
             None,
             SETTINGS,
-            options=options or ServiceBusOptions(max_concurrent_calls=4, max_concurrent_sessions=2),
+            options=options or HostOptions(max_concurrent_calls=4, max_concurrent_sessions=2),
             on_outcome=self.outcomes.append,
             poll_interval=0.02,
         )
 
-    async def run_until(self, done: Callable[[list[Invocation]], bool], timeout: float = 10.0) -> None:
+    async def run_until(self, done: Callable[[list[FunctionRun]], bool], timeout: float = 10.0) -> None:
         stopping = asyncio.Event()
 
         async def watch() -> None:
@@ -95,7 +95,7 @@ class Harness:
         await self.backend.close()
 
 
-def count(outcome: Outcome, n: int) -> Callable[[list[Invocation]], bool]:
+def count(outcome: Settlement, n: int) -> Callable[[list[FunctionRun]], bool]:
     return lambda outcomes: sum(1 for o in outcomes if o.outcome is outcome) >= n
 
 
@@ -108,7 +108,7 @@ async def test_success_completes_and_the_function_gets_a_real_service_bus_messag
     h = Harness(tmp_path, build_app(plain=plain))
     for i in range(3):
         await h.backend.send(message(f"m{i}", properties={"platform": "slack"}))
-    await h.run_until(count(Outcome.COMPLETED, 3))
+    await h.run_until(count(Settlement.COMPLETED, 3))
     assert sorted(m.message_id for m in seen) == ["m0", "m1", "m2"]
     first = next(m for m in seen if m.message_id == "m0")
     assert isinstance(first, ServiceBusMessage)
@@ -132,9 +132,9 @@ async def test_exception_abandons_then_dead_letters_after_max_deliveries(tmp_pat
 
     h = Harness(tmp_path, build_app(plain=plain))
     await h.backend.send(message("poison"))
-    await h.run_until(count(Outcome.DEAD_LETTERED, 1))
+    await h.run_until(count(Settlement.DEAD_LETTERED, 1))
     assert deliveries == [1, 2, 3]  # max_delivery_count = 3
-    assert [o.outcome for o in h.outcomes] == [Outcome.ABANDONED, Outcome.ABANDONED, Outcome.DEAD_LETTERED]
+    assert [o.outcome for o in h.outcomes] == [Settlement.ABANDONED, Settlement.ABANDONED, Settlement.DEAD_LETTERED]
     assert h.outcomes[0].error == "RuntimeError: boom"
     assert (h.host.stats.abandoned, h.host.stats.dead_lettered) == (2, 1)
     [dead] = await h.backend.dead_letters(PLAIN)
@@ -148,7 +148,7 @@ async def test_dead_letter_error_dead_letters_at_once_with_its_reason(tmp_path: 
 
     h = Harness(tmp_path, build_app(plain=plain))
     await h.backend.send(message("bad"))
-    await h.run_until(count(Outcome.DEAD_LETTERED, 1))
+    await h.run_until(count(Settlement.DEAD_LETTERED, 1))
     assert len(h.outcomes) == 1
     assert h.outcomes[0].dead_letter_reason == "InvalidBody"
     [dead] = await h.backend.dead_letters(PLAIN)
@@ -168,10 +168,10 @@ async def test_max_concurrent_calls_bounds_invocations_in_flight(tmp_path: Path)
         await asyncio.sleep(0.03)
         active -= 1
 
-    h = Harness(tmp_path, build_app(plain=plain), ServiceBusOptions(max_concurrent_calls=3))
+    h = Harness(tmp_path, build_app(plain=plain), HostOptions(max_concurrent_calls=3))
     for i in range(15):
         await h.backend.send(message(f"m{i}"))
-    await h.run_until(count(Outcome.COMPLETED, 15))
+    await h.run_until(count(Settlement.COMPLETED, 15))
     assert peak == 3
     assert h.host.stats.functions["plain_fn"].max_in_flight == 3
     await h.close()
@@ -197,13 +197,11 @@ async def test_sessions_are_processed_in_order_one_message_at_a_time(tmp_path: P
         order[session].append(msg.message_id)
         busy.discard(session)
 
-    h = Harness(
-        tmp_path, build_app(ordered=ordered), ServiceBusOptions(max_concurrent_sessions=2, session_idle_timeout=0.1)
-    )
+    h = Harness(tmp_path, build_app(ordered=ordered), HostOptions(max_concurrent_sessions=2, session_idle_timeout=0.1))
     for i in range(5):
         for s in ("a", "b", "c"):
             await h.backend.send(message(f"{s}-{i}", ORDERED, session_id=s))
-    await h.run_until(count(Outcome.COMPLETED, 15))
+    await h.run_until(count(Settlement.COMPLETED, 15))
     assert overlaps == []
     for s in ("a", "b", "c"):
         assert order[s] == [f"{s}-{i}" for i in range(5)]
@@ -222,11 +220,11 @@ async def test_long_invocations_keep_their_lock_by_renewal(tmp_path: Path) -> No
         await asyncio.sleep(0.8)  # twice the lock duration
 
     queues = test_queues(lock_duration=0.4)
-    h = Harness(tmp_path, build_app(plain=plain), ServiceBusOptions(max_auto_lock_renewal_duration=5.0), queues)
+    h = Harness(tmp_path, build_app(plain=plain), HostOptions(max_auto_lock_renewal_duration=5.0), queues)
     await h.backend.send(message("slow"))
-    await h.run_until(count(Outcome.COMPLETED, 1))
+    await h.run_until(count(Settlement.COMPLETED, 1))
     assert calls == 1
-    assert [o.outcome for o in h.outcomes] == [Outcome.COMPLETED]
+    assert [o.outcome for o in h.outcomes] == [Settlement.COMPLETED]
     await h.close()
 
 
@@ -239,10 +237,12 @@ async def test_renewal_stops_after_max_auto_lock_renewal_duration(tmp_path: Path
             await asyncio.sleep(0.6)  # the lock (0.3 s) is not renewed past 0.1 s: it is lost
 
     queues = test_queues(lock_duration=0.3)
-    h = Harness(tmp_path, build_app(plain=plain), ServiceBusOptions(max_auto_lock_renewal_duration=0.1), queues)
+    h = Harness(tmp_path, build_app(plain=plain), HostOptions(max_auto_lock_renewal_duration=0.1), queues)
     await h.backend.send(message("slow"))
     await h.run_until(
-        lambda outcomes: any(o.outcome is Outcome.LOCK_LOST for o in outcomes) and count(Outcome.COMPLETED, 1)(outcomes)
+        lambda outcomes: (
+            any(o.outcome is Settlement.LOCK_LOST for o in outcomes) and count(Settlement.COMPLETED, 1)(outcomes)
+        )
     )
     assert deliveries == [1, 2]  # redelivered while the first invocation was still running
     await h.close()
@@ -262,7 +262,7 @@ async def test_stopping_finishes_invocations_in_flight(tmp_path: Path) -> None:
     await asyncio.wait_for(started.wait(), 5)
     stopping.set()
     await asyncio.wait_for(run, 5)
-    assert [o.outcome for o in h.outcomes] == [Outcome.COMPLETED]
+    assert [o.outcome for o in h.outcomes] == [Settlement.COMPLETED]
     assert await h.backend.peek() == []
     await h.close()
 
@@ -273,9 +273,9 @@ async def test_auto_complete_off_leaves_the_message_to_its_lock(tmp_path: Path) 
     def plain(msg: func.ServiceBusMessage) -> None:
         calls.append(threading.get_ident())
 
-    h = Harness(tmp_path, build_app(plain=plain), ServiceBusOptions(auto_complete_messages=False))
+    h = Harness(tmp_path, build_app(plain=plain), HostOptions(auto_complete_messages=False))
     await h.backend.send(message("m1"))
-    await h.run_until(count(Outcome.LEFT_LOCKED, 1))
+    await h.run_until(count(Settlement.LEFT_LOCKED, 1))
     assert len(calls) == 1 and calls[0] != threading.get_ident()  # sync functions run off the loop
     [stats] = [s for s in await h.backend.stats() if s.queue == PLAIN]
     assert stats.locked == 1
@@ -297,7 +297,7 @@ async def test_host_from_a_path_with_route_defaults(tmp_path: Path) -> None:
     path = tmp_path / "routes.db"
     with LocalQueueStore(path, {"slack-events": QueueConfig("slack-events", sessions=True)}) as store:
         store.send(message("Ev1", "slack-events", session_id="T1:C1"))
-    outcomes: list[Invocation] = []
+    outcomes: list[FunctionRun] = []
     host = LocalFunctionsHost(app, path, ROOT / "host.json", {}, on_outcome=outcomes.append, poll_interval=0.02)
     assert [(f.name, f.queue, f.sessions) for f in host.functions] == [("events", "slack-events", True)]
     stopping = asyncio.Event()
@@ -308,7 +308,7 @@ async def test_host_from_a_path_with_route_defaults(tmp_path: Path) -> None:
         stopping.set()
 
     await asyncio.wait_for(asyncio.gather(host.run(stopping), stop_when_done()), 10)
-    assert got == ["Ev1"] and outcomes[0].outcome is Outcome.COMPLETED
+    assert got == ["Ev1"] and outcomes[0].outcome is Settlement.COMPLETED
 
 
 async def test_the_real_function_app(tmp_path: Path) -> None:
@@ -316,7 +316,7 @@ async def test_the_real_function_app(tmp_path: Path) -> None:
     import function_app
 
     backend = LocalQueueBackend(tmp_path / "real.db")
-    outcomes: list[Invocation] = []
+    outcomes: list[FunctionRun] = []
     host = LocalFunctionsHost(
         function_app.app, backend, ROOT / "host.json", {}, on_outcome=outcomes.append, poll_interval=0.02
     )
@@ -339,8 +339,8 @@ async def test_the_real_function_app(tmp_path: Path) -> None:
 
     await asyncio.wait_for(asyncio.gather(host.run(stopping), stop_when_done()), 10)
     by_id = {o.message_id: o for o in outcomes}
-    assert by_id["EvNoHandler"].outcome is Outcome.COMPLETED
-    assert by_id["garbage"].outcome is Outcome.DEAD_LETTERED
+    assert by_id["EvNoHandler"].outcome is Settlement.COMPLETED
+    assert by_id["garbage"].outcome is Settlement.DEAD_LETTERED
     assert by_id["garbage"].dead_letter_reason == "InvalidBody"
     await backend.close()
 
@@ -349,7 +349,7 @@ async def test_the_real_function_app(tmp_path: Path) -> None:
 
 
 def test_host_json_service_bus_options(tmp_path: Path) -> None:
-    options = ServiceBusOptions.from_host_json(ROOT / "host.json")
+    options = HostOptions.from_host_json(ROOT / "host.json")
     assert options.auto_complete_messages is True
     assert options.max_auto_lock_renewal_duration == 300.0
     legacy = tmp_path / "host.json"
@@ -365,12 +365,12 @@ def test_host_json_service_bus_options(tmp_path: Path) -> None:
             }
         )
     )
-    old = ServiceBusOptions.from_host_json(legacy)
+    old = HostOptions.from_host_json(legacy)
     assert (old.max_concurrent_calls, old.max_concurrent_sessions, old.auto_complete_messages) == (7, 3, False)
     legacy.write_text(json.dumps({"extensions": {"serviceBus": {"maxConcurrentCalls": 0}}}))
     with pytest.raises(ConfigurationError, match="positive integer"):
-        ServiceBusOptions.from_host_json(legacy)
-    assert ServiceBusOptions.from_host_json(tmp_path / "missing.json") == ServiceBusOptions()
+        HostOptions.from_host_json(legacy)
+    assert HostOptions.from_host_json(tmp_path / "missing.json") == HostOptions()
 
 
 def test_parse_timespan() -> None:
@@ -423,7 +423,7 @@ async def test_context_argument_and_output_bindings(tmp_path: Path) -> None:
 
     h = Harness(tmp_path, app)
     await h.backend.send(message("m1"))
-    await h.run_until(count(Outcome.COMPLETED, 1))
+    await h.run_until(count(Settlement.COMPLETED, 1))
     [(name, invocation_id, retries)] = seen
     assert (name, retries) == ("with_extras", 0) and invocation_id
     assert json.loads(h.outcomes[0].outputs["signal"]) == {"target": "newMessage", "arguments": ["m1"]}

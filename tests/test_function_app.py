@@ -11,15 +11,15 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
 import function_app
-from shared.dispatch import Bot, Context, ReplyClients
+from devstack.sandbox.teams import TeamsSandbox
+from functions import Bot, Context, ReplyClients
+from functions.settings import FunctionSettings
+from functions.teams_api import BotConnectorError
+from functions.triggers import indexed_functions, register_routes
 from shared.envelope import Envelope
 from shared.errors import DeadLetterError
-from shared.functions import indexed_functions, register_routes
 from shared.routes import ROUTES
-from shared.settings import FunctionSettings
-from shared.teams.connector import BotConnectorError
 from tests.factories import slack_event, teams_message
-from worker.sandbox.teams import TeamsSandbox
 
 
 def sb_message(body: bytes, message_id: str = "m1", delivery_count: int = 1) -> ServiceBusMessage:
@@ -111,7 +111,6 @@ async def test_envelopes_without_a_handler_complete() -> None:
 
 def test_slack_dispatch_keys() -> None:
     bot = Bot()
-    calls: dict[str, Any] = {}
 
     async def h(ctx: Context) -> None:
         return None
@@ -124,30 +123,46 @@ def test_slack_dispatch_keys() -> None:
     def env(kind: str, payload: dict[str, Any]) -> Envelope:
         return Envelope.model_validate({**base, "kind": kind, "payload": payload})
 
-    assert bot.find(env("slash_commands", {"command": "/ticket"})) is h
-    assert bot.find(env("slash_commands", {"command": "/other"})) is None
-    assert (
-        bot.find(
-            env("interactive", {"type": "block_actions", "actions": [{"action_id": "x"}, {"action_id": "approve"}]})
-        )
-        is h
-    )
-    assert bot.find(env("interactive", {"type": "view_submission", "view": {"callback_id": "modal"}})) is h
-    with pytest.raises(ValueError, match="already registered"):
-        bot.slack.command("/ticket")(h)
-    assert not calls
+    assert bot.find(env("slash_commands", {"command": "/ticket"})) == [h]
+    assert bot.find(env("slash_commands", {"command": "/other"})) == []
+    actions = {"type": "block_actions", "actions": [{"action_id": "x"}, {"action_id": "approve"}, "junk"]}
+    assert bot.find(env("interactive", actions)) == [h]
+    assert bot.find(env("interactive", {"type": "view_submission", "view": {"callback_id": "modal"}})) == [h]
+    assert bot.find(env("interactive", {"type": "view_submission", "view": "not an object"})) == []
+
+
+async def test_several_listeners_share_a_key_and_run_in_registration_order() -> None:
+    bot = Bot()
+    ran: list[str] = []
+
+    @bot.slack.event("app_mention")
+    async def first(ctx: Context) -> None:
+        ran.append("first")
+
+    @bot.slack.event("app_mention")
+    async def second(ctx: Context) -> None:
+        ran.append("second")
+
+    settings = FunctionSettings.from_env({})
+    clients = ReplyClients(settings)
+    assert await bot.dispatch(Context(slack_event(), settings, clients))
+    assert ran == ["first", "second"]
+    assert bot.listeners() == [
+        f"slack event app_mention -> {__name__}.{first.__qualname__}",
+        f"slack event app_mention -> {__name__}.{second.__qualname__}",
+    ]
 
 
 def test_local_settings_sample_lists_every_setting_the_function_app_reads() -> None:
     import json
     from pathlib import Path
 
+    from functions.settings import FunctionSettings
     from shared.routes import ROUTES
-    from shared.settings import FunctionSettings
 
     sample = json.loads((Path(__file__).resolve().parent.parent / "local.settings.sample.json").read_text())
     values: dict[str, str] = sample["Values"]
-    read = {f.alias for f in FunctionSettings.model_fields.values() if f.alias}
+    read = FunctionSettings.setting_names()
     read |= {route.setting for route in ROUTES}
     read |= {"ServiceBusConnection", "AzureWebJobsStorage", "FUNCTIONS_WORKER_RUNTIME"}
     assert read <= set(values), sorted(read - set(values))
@@ -192,7 +207,7 @@ async def test_a_reply_the_user_blocked_completes_the_message_without_retry(capl
     async with TeamsSandbox() as sandbox:
         fns, clients = build_for_sandbox(replying_bot(), sandbox)
         sandbox.fail_replies(403, times=1, body={"error": {"code": "MessageWritesBlocked", "message": "blocked"}})
-        with caplog.at_level(logging.WARNING, logger="shared.functions"):
+        with caplog.at_level(logging.WARNING, logger="functions.triggers"):
             result = await fns["teams_activities"].get_user_function()(
                 sb_message(teams_message_from(sandbox).to_body())
             )

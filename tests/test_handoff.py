@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from shared.errors import PermanentPublishError, TransientPublishError
-from shared.queueing.base import EnvelopePublisher, QueueMessage
-from shared.queueing.memory import MemoryBackend
 from tests.factories import slack_event
 from worker.handoff import Handoff, Outcome
+from worker.publish import EnvelopePublisher, QueueMessage
+from worker.publish.memory import MemoryBackend
 
 
 def make(latency: float = 0.0) -> tuple[Handoff, MemoryBackend]:

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from functions.settings import FunctionSettings
 from shared.routes import ROUTES
-from shared.settings import FunctionSettings
+from shared.teams_auth import TeamsCredentials
 from tests.bicep_tree import BicepFile, Declaration, Expr, body_of, parse, to_python, walk
 from worker.settings import ServiceBusSettings, WorkerSettings
 from worker.slack.settings import SlackSettings
@@ -325,13 +326,13 @@ def test_function_app_sets_every_setting_the_function_code_reads() -> None:
     fa = bicep("functionapp.bicep")
     settings = _app_settings(fa)
     assert _sets_queue_settings(fa)
-    required = _required_in_azure(FunctionSettings) | {
+    required = _required_in_azure(FunctionSettings, TeamsCredentials) | {
         "ServiceBusConnection__fullyQualifiedNamespace",
         "ServiceBusConnection__credential",
         "ServiceBusConnection__clientId",
     }
     assert required - set(settings) == set()
-    assert set(settings) - _model_aliases(FunctionSettings) - FUNCTION_PLATFORM_SETTINGS == set()
+    assert set(settings) - FunctionSettings.setting_names() - FUNCTION_PLATFORM_SETTINGS == set()
     assert settings["ServiceBusConnection__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert "AzureWebJobsStorage" not in settings  # no connection string
@@ -340,7 +341,7 @@ def test_function_app_sets_every_setting_the_function_code_reads() -> None:
 
 def test_function_app_secrets_are_key_vault_references() -> None:
     fa = bicep("functionapp.bicep")
-    secret_aliases = {a for a in _model_aliases(FunctionSettings) if any(w in a for w in SECRET_WORDS)}
+    secret_aliases = {a for a in FunctionSettings.setting_names() if any(w in a for w in SECRET_WORDS)}
     assert secret_aliases
     for name, value in _app_settings(fa).items():
         if any(word in name.upper() for word in SECRET_WORDS) or name in secret_aliases:
@@ -503,7 +504,7 @@ def test_function_triggers_match_the_queues_the_bicep_creates() -> None:
     function_app = pytest.importorskip("function_app")
     queues = json.loads((INFRA / "queues.json").read_text())["queues"]
     triggers: dict[str, dict[str, Any]] = {}
-    from shared.functions import indexed_functions
+    from functions.triggers import indexed_functions
 
     for fn in indexed_functions(function_app.app):
         for binding in fn.get_bindings_dict()["bindings"]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from worker.infra_cli import EMULATOR_CONFIG
+from devstack.infra import EMULATOR_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "worker" / "Dockerfile"
@@ -45,11 +45,11 @@ def test_dockerfile_installs_only_the_worker_requirements() -> None:
     assert installs == ["pip install --no-cache-dir -r /app/worker/requirements.txt"]
 
 
-def test_dockerfile_copies_only_worker_and_shared() -> None:
+def test_dockerfile_copies_only_the_worker_its_queue_and_the_contract() -> None:
     copies = [args for keyword, args in _instructions() if keyword in ("COPY", "ADD")]
     assert all(keyword != "ADD" for keyword, _ in _instructions())
     sources = {args.split()[0] for args in copies}
-    assert sources == {"worker/requirements.txt", "shared/", "worker/"}
+    assert sources == {"worker/requirements.txt", "shared/", "localqueue/", "worker/"}
 
 
 def test_dockerfile_runs_as_non_root_the_worker_command() -> None:
@@ -67,14 +67,14 @@ def test_dockerfile_runs_as_non_root_the_worker_command() -> None:
     assert "RELAYBUS_HTTP_PORT=8080" in env
 
 
-def test_dockerignore_sends_only_worker_and_shared() -> None:
+def test_dockerignore_sends_only_the_worker_its_queue_and_the_contract() -> None:
     lines = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!worker/", "!shared/"}
+    assert {line for line in lines if line.startswith("!")} == {"!worker/", "!localqueue/", "!shared/"}
 
 
 def _distribution_names() -> set[str]:
@@ -106,10 +106,6 @@ def _installed_closure(names: set[str]) -> set[str]:
     return seen
 
 
-# Commands that run on a developer's machine, never in the image: their imports are not followed.
-DEV_ONLY = ("worker.dev", "worker.sandbox", "worker.infra_cli", "worker.queue_cli")
-
-
 def _imports(path: Path) -> set[str]:
     """Every absolute import in a module, lazy ones in function bodies too (not `if TYPE_CHECKING:`)."""
     tree = ast.parse(path.read_text())
@@ -137,7 +133,7 @@ def _module_path(module: str) -> Path | None:
 
 
 def test_the_worker_entry_point_imports_only_what_the_image_holds() -> None:
-    """Follow the imports of `python -m worker run` from worker/__main__.py (dev-only commands excluded)."""
+    """Follow every import of `python -m worker` from worker/__main__.py: nothing outside the image."""
     start = ["worker.__main__"]
     allowed = _installed_closure(_distribution_names())
     packages = importlib.metadata.packages_distributions()
@@ -147,7 +143,7 @@ def test_the_worker_entry_point_imports_only_what_the_image_holds() -> None:
     assert todo, "worker/__main__.py is missing"
     while todo:
         module = todo.pop()
-        if module in seen or module.startswith(DEV_ONLY):
+        if module in seen:
             continue
         seen.add(module)
         path = _module_path(module)
@@ -155,11 +151,11 @@ def test_the_worker_entry_point_imports_only_what_the_image_holds() -> None:
             continue
         for imported in _imports(path):
             top = imported.split(".")[0]
-            if top in ("worker", "shared"):
+            if top in ("worker", "shared", "localqueue"):
                 todo.append(imported)
                 parts = imported.split(".")
                 todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-            elif top in ("handlers", "function_app", "tests", "bench"):
+            elif top in ("handlers", "function_app", "functions", "devstack", "tests", "bench"):
                 third_party[imported] = "not copied into the image"
             elif top not in sys.stdlib_module_names:
                 dists = {d.lower().replace("_", "-") for d in packages.get(top, [top])}

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.routes import ROUTES
-from worker.infra_cli import (
+from devstack.infra import (
     EMULATOR_CONFIG,
     EMULATOR_LIMITS,
     QUEUES_JSON,
@@ -23,6 +22,7 @@ from worker.infra_cli import (
     render_files,
     run_infra_command,
 )
+from shared.routes import ROUTES
 
 
 def _load(relative: Path) -> dict[str, object]:
@@ -32,7 +32,7 @@ def _load(relative: Path) -> dict[str, object]:
 
 
 def test_committed_files_equal_a_fresh_render() -> None:
-    assert check_files(REPO_ROOT) == [], "run `python -m worker infra generate`"
+    assert check_files(REPO_ROOT) == [], "run `python -m devstack infra generate`"
     for relative, text in render_files().items():
         assert (REPO_ROOT / relative).read_text(encoding="utf-8") == text
 
@@ -115,7 +115,7 @@ def test_generate_reports_what_the_emulator_clamps() -> None:
 
 def test_generate_then_check_in_an_empty_tree(tmp_path: Path) -> None:
     assert sorted(map(str, check_files(tmp_path))) == sorted(
-        f"{p}: missing (run `python -m worker infra generate`)" for p in (QUEUES_JSON, EMULATOR_CONFIG)
+        f"{p}: missing (run `python -m devstack infra generate`)" for p in (QUEUES_JSON, EMULATOR_CONFIG)
     )
     assert sorted(generate_files(tmp_path)) == sorted([QUEUES_JSON, EMULATOR_CONFIG])
     assert check_files(tmp_path) == []

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import PermanentPublishError, TransientPublishError
-from shared.queueing.base import EnvelopePublisher
-from shared.queueing.local import (
+from localqueue import (
     MAX_DELIVERY_COUNT_EXCEEDED,
     Disposition,
     LocalQueueBackend,
@@ -32,8 +30,10 @@ from shared.queueing.local import (
     StoreMissingError,
     queue_configs,
 )
+from shared.errors import PermanentPublishError, TransientPublishError
 from tests.conftest_local import ORDERED, PLAIN, FakeClock, message, test_queues
 from tests.factories import slack_event, teams_message
+from worker.publish import EnvelopePublisher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ _PUBLISHER = textwrap.dedent(
     """
     import asyncio, sys
     sys.path.insert(0, sys.argv[2])
-    from shared.queueing.local import LocalQueueBackend
+    from localqueue import LocalQueueBackend
     from tests.conftest_local import message, test_queues
 
     async def main() -> None:

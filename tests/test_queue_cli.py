@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.queueing.local import LocalQueueStore
+from localqueue import LocalQueueStore
+from localqueue.cli import add_queue_parser, run_queue_command
 from tests.conftest_local import ORDERED, PLAIN, message, test_queues
-from worker.queue_cli import add_queue_parser, run_queue_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

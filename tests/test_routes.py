@@ -8,9 +8,9 @@ import pytest
 
 from shared.envelope import Kind, Platform
 from shared.errors import RoutingError
-from shared.queueing.base import build_message
 from shared.routes import ROUTES, Route, RouteTable
 from tests.factories import slack_event, teams_message
+from worker.publish import build_message
 
 
 def test_every_platform_kind_has_exactly_one_route() -> None:

@@ -7,11 +7,11 @@ import asyncio
 import httpx
 
 from shared.errors import TransientPublishError
-from shared.queueing.memory import MemoryBackend
 from tests.factories import slack_event
 from worker.connector import FatalConnectorError
 from worker.handoff import Handoff
 from worker.lifecycle import ConnectionStatus
+from worker.publish.memory import MemoryBackend
 from worker.runtime import Worker, queues_in_use
 from worker.settings import load_settings
 
@@ -62,9 +62,9 @@ async def test_health_ready_and_metrics_endpoints() -> None:
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
     try:
-        while worker.http is None or worker.http.port is None:
+        while worker.health is None or worker.health.port is None:
             await asyncio.sleep(0.01)
-        base = f"http://127.0.0.1:{worker.http.port}"
+        base = f"http://127.0.0.1:{worker.health.port}"
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get("/healthz")).status_code == 200
             await asyncio.wait_for(connector.online.wait(), 5)
@@ -86,10 +86,10 @@ async def test_health_ready_and_metrics_endpoints() -> None:
 async def test_readyz_is_503_until_every_connection_is_online() -> None:
     settings = load_settings({"SLACK_APP_TOKEN": "xapp-1-test", "RELAYBUS_HTTP_PORT": "0"})
     worker = Worker(settings, backend=MemoryBackend(), connectors=[])
-    assert worker.http is not None
-    await worker.http.start()
+    assert worker.health is not None
+    await worker.health.start()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http.port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.health.port}") as client:
             assert (await client.get("/readyz")).status_code == 503
             worker.metrics.status.set("slack", "c1", ConnectionStatus.CONNECTING)
             assert (await client.get("/readyz")).status_code == 503
@@ -100,7 +100,7 @@ async def test_readyz_is_503_until_every_connection_is_online() -> None:
             assert body["ready"] is False
             assert {c["status"] for c in body["connections"]} == {"Online", "FailedToConnect"}
     finally:
-        await worker.http.stop()
+        await worker.health.stop()
 
 
 async def test_a_fatal_connector_error_stops_the_worker_with_its_message() -> None:

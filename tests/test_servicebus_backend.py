@@ -22,23 +22,23 @@ from pydantic import SecretStr
 
 from shared.envelope import Envelope, Kind, Platform
 from shared.errors import PermanentPublishError, TransientPublishError
-from shared.queueing.base import EnvelopePublisher, QueueMessage
-from shared.queueing.servicebus import (
+from worker.publish import EnvelopePublisher, QueueMessage
+from worker.publish.servicebus import (
     CONTENT_TYPE,
-    FakeNamespace,
     RetryPolicy,
     ServiceBusBackend,
-    ServiceBusOptions,
+    ServiceBusBackendOptions,
 )
+from worker.publish.servicebus_fake import FakeNamespace
 from worker.settings import ServiceBusSettings
 
 FAST_RETRY = RetryPolicy(attempts=3, total_seconds=2.0, attempt_timeout=1.0, base_delay=0.001, max_delay=0.005)
 
 
-def options(**overrides: object) -> ServiceBusOptions:
+def options(**overrides: object) -> ServiceBusBackendOptions:
     base: dict[str, object] = {"linger_ms": 2.0, "retry": FAST_RETRY, "close_timeout": 2.0}
     base.update(overrides)
-    return ServiceBusOptions(**base)  # type: ignore[arg-type]
+    return ServiceBusBackendOptions(**base)  # type: ignore[arg-type]
 
 
 def message(n: int, size: int = 100, queue: str = "q", session: str | None = None) -> QueueMessage:

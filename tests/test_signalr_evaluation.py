@@ -19,7 +19,7 @@ import pytest
 from pysignalr.client import SignalRClient
 from signalrcore.hub_connection_builder import HubConnectionBuilder
 
-from worker.sandbox.teams import TeamsSandbox
+from devstack.sandbox.teams import TeamsSandbox
 
 
 async def grant(sandbox: TeamsSandbox) -> dict[str, Any]:
@@ -159,8 +159,8 @@ async def test_evidence_pysignalr_applies_the_token_factory_only_after_negotiate
 
 
 async def test_relaybus_client_passes_the_same_cases() -> None:
-    from shared.queueing.memory import MemoryBackend
     from tests.test_teams_connector import make_sandbox, running
+    from worker.publish.memory import MemoryBackend
 
     backend = MemoryBackend(latency=0.1)
     async with make_sandbox(ws_heartbeat=0.4, redeliver_delay=0.01) as sandbox, running(sandbox, backend=backend):

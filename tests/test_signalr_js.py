@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.sandbox.teams import TeamsSandbox
+from devstack.sandbox.teams import TeamsSandbox
 
 JS_DIR = Path(__file__).parent / "js"
 

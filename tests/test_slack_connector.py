@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from shared.queueing.base import EnvelopePublisher
-from shared.queueing.memory import MemoryBackend
+from devstack.sandbox.slack import SlackSandbox
 from worker.connector import FatalConnectorError
 from worker.dedupe import DedupeWindow
 from worker.handoff import Handoff
 from worker.lifecycle import ConnectionStatus
 from worker.metrics import Metrics
-from worker.sandbox.slack import SlackSandbox
+from worker.publish import EnvelopePublisher
+from worker.publish.memory import MemoryBackend
 from worker.slack.connector import SlackConnector
 from worker.slack.settings import SlackSettings
 

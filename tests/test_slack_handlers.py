@@ -11,17 +11,17 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 from pydantic import SecretStr
 
+from devstack.sandbox.slack import RecordedCall, SlackSandbox
+from functions import ReplyClients
+from functions.settings import FunctionSettings
+from functions.slack_api import SlackApiError, SlackReplyGone
+from functions.triggers import process_message
 from handlers import bot
-from shared.dispatch import ReplyClients
-from shared.functions import process_message
-from shared.queueing.base import EnvelopePublisher, QueueMessage
-from shared.queueing.memory import MemoryBackend
 from shared.routes import ROUTES
-from shared.settings import FunctionSettings
-from shared.slack.web import SlackApiError, SlackReplyGone
 from worker.handoff import Handoff
 from worker.metrics import Metrics
-from worker.sandbox.slack import RecordedCall, SlackSandbox
+from worker.publish import EnvelopePublisher, QueueMessage
+from worker.publish.memory import MemoryBackend
 from worker.slack.connector import SlackConnector
 from worker.slack.settings import SlackSettings
 
@@ -108,7 +108,7 @@ async def test_a_reply_slack_will_never_accept_completes_the_message_without_ret
         (message,) = [m for m in backend.all_messages() if m.message_id == command.key]
         for _ in range(5):
             assert await run_function(message, clients)
-        with caplog.at_level(logging.WARNING, logger="shared.functions"):
+        with caplog.at_level(logging.WARNING, logger="functions.triggers"):
             assert await run_function(message, clients)
         assert len([r for r in slack.replies if r.method == "response_url"]) == 5
         assert any("reply refused for good" in r.getMessage() and "used_url" in r.getMessage() for r in caplog.records)

@@ -20,7 +20,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web import WebClient
 from slack_sdk.web.async_client import AsyncWebClient
 
-from worker.sandbox.slack import SlackSandbox
+from devstack.sandbox.slack import SlackSandbox
 
 
 async def open_url(slack: SlackSandbox, token: str | None = None) -> httpx.Response:

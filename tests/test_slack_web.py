@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from devstack.sandbox.slack import SlackSandbox
+from functions.settings import FunctionSettings
+from functions.slack_api import SlackApiError, SlackRateLimitedError, SlackWebClient
 from shared.errors import ConfigurationError
-from shared.settings import FunctionSettings
-from shared.slack.web import SlackApiError, SlackRateLimitedError, SlackWebClient
-from worker.sandbox.slack import SlackSandbox
 
 
 def client_for(slack: SlackSandbox, **options: object) -> SlackWebClient:

@@ -9,20 +9,19 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
-from handlers import bot
-from shared.dispatch import Context, ReplyClients
-from shared.envelope import Envelope
-from shared.settings import FunctionSettings
-from shared.teams.auth import CredentialTokenProvider, StaticTokenProvider, TokenError
-from shared.teams.connector import (
+from devstack.sandbox.teams import TeamsSandbox
+from functions import Context, ReplyClients
+from functions.settings import FunctionSettings
+from functions.teams_api import (
     BotConnectorClient,
     BotConnectorError,
     MessageWritesBlocked,
     ServiceUrlNotAllowed,
     check_service_url,
-    parse_allowed_hosts,
 )
-from worker.sandbox.teams import TeamsSandbox
+from handlers import bot
+from shared.envelope import Envelope
+from shared.teams_auth import CredentialTokenProvider, StaticTokenProvider, TokenError
 from worker.teams.protocol import parse_delivery
 
 
@@ -135,7 +134,7 @@ async def test_forged_service_urls_never_see_the_token(url: str) -> None:
 
 
 def test_default_allowlist_accepts_bot_framework_hosts() -> None:
-    hosts = parse_allowed_hosts(None)
+    hosts = FunctionSettings.from_env({}).service_url_hosts
     for url in (
         "https://smba.trafficmanager.net/teams/",
         "https://smba.trafficmanager.net/amer/",
@@ -143,7 +142,8 @@ def test_default_allowlist_accepts_bot_framework_hosts() -> None:
         "https://europe.webchat.botframework.com/",
     ):
         assert check_service_url(url, hosts).endswith("/")
-    assert parse_allowed_hosts(" 127.0.0.1 , .example.org") == ("127.0.0.1", ".example.org")
+    custom = FunctionSettings.from_env({"BOT_CONNECTOR_ALLOWED_HOSTS": " 127.0.0.1 , .example.org"})
+    assert custom.service_url_hosts == ("127.0.0.1", ".example.org")
 
 
 class FakeCredential:
@@ -188,10 +188,11 @@ async def test_credential_tokens_are_cached_until_near_expiry() -> None:
 
 
 def test_from_settings_refuses_a_static_token_for_real_hosts() -> None:
-    from shared.errors import RelaybusError
+    from shared.errors import ConfigurationError
 
-    with pytest.raises(RelaybusError, match="sandbox only"):
-        BotConnectorClient.from_settings(FunctionSettings.from_env({"TEAMS_STATIC_TOKEN": "x"}))
+    with pytest.raises(ConfigurationError, match="sandbox only") as err:
+        FunctionSettings.from_env({"TEAMS_STATIC_TOKEN": "x"})
+    assert err.value.setting == "TEAMS_STATIC_TOKEN"
     client = BotConnectorClient.from_settings(
         FunctionSettings.from_env({"TEAMS_STATIC_TOKEN": "x", "BOT_CONNECTOR_ALLOWED_HOSTS": "127.0.0.1"})
     )

@@ -18,13 +18,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from shared.queueing.base import EnvelopePublisher
-from shared.queueing.memory import MemoryBackend
+from devstack.sandbox.teams import TeamsSandbox
 from worker.connector import FatalConnectorError
 from worker.handoff import Handoff
 from worker.lifecycle import ConnectionStatus
 from worker.metrics import Metrics
-from worker.sandbox.teams import TeamsSandbox
+from worker.publish import EnvelopePublisher
+from worker.publish.memory import MemoryBackend
 from worker.teams.connection import Timings
 from worker.teams.connector import ConnectorTimings, TeamsConnector
 from worker.teams.settings import TeamsSettings

@@ -15,8 +15,8 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from worker.sandbox.slack import SlackSandbox
-from worker.sandbox.teams import TeamsSandbox
+from devstack.sandbox.slack import SlackSandbox
+from devstack.sandbox.teams import TeamsSandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,11 +1,12 @@
-"""The command line: `python -m worker {run,dev,queue,infra,settings}`.
+"""The worker's command line: `python -m worker {run,settings,queue}` (what the container image runs).
 
     run       the worker alone: hold the configured platform sockets, publish to the configured backend
-    dev       everything on this machine: worker, local queue, local functions host, and sandbox Slack
-              and Teams for every platform without real credentials; live progress, summary at the end
-    queue     inspect the local queue: stats, peek, dump, deadletter list|resubmit
-    infra     generate or check infra/queues.json and the Service Bus emulator Config.json
     settings  validate the settings and print them (secrets masked)
+    queue     inspect the local queue (`localqueue.cli`): stats, peek, dump, deadletter list|resubmit
+
+`dev` and `infra` belong to the dev stack (`python -m devstack dev|infra`), which is not in the image. In a
+checkout, `python -m worker dev …` and `python -m worker infra …` are still accepted: they run the
+dev stack's command in this process's place (exec), without importing it.
 
 Exit codes: 0 ok, 1 a connector stopped on a final error (or a command failed), 2 bad settings or usage.
 """
@@ -14,80 +15,96 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from localqueue.cli import add_queue_parser, run_queue_command
 from shared.errors import ConfigurationError
+from shared.redact import redact
+
+MOVED_TO_DEVSTACK = ("dev", "infra")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker", description="relaybus worker")
+    parser = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="relaybus worker: holds the platform sockets, publishes every envelope durably, then acks",
+        epilog="dev and infra moved to `python -m devstack` (the dev stack, not in the worker image); "
+        "`python -m worker dev|infra …` still runs them from a checkout.",
+    )
     parser.add_argument("--env-file", type=Path, default=Path(".env"), help="optional KEY=VALUE file (default .env)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,dev,queue,infra,settings}")
-
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,settings,queue}")
     sub.add_parser("run", help="run the worker with the configured platforms and queue backend")
-
-    dev = sub.add_parser("dev", help="run everything locally: worker, local queue, functions host, sandboxes")
-    dev.add_argument("--once", action="store_true", help="exit after the scripted demo instead of waiting for Ctrl-C")
-    dev.add_argument("--messages", type=int, default=3, help="scripted user messages per platform (default 3)")
-    dev.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the demo to complete (--once)")
-    dev.add_argument("--queue-path", type=Path, default=None, help="local queue file (default .relaybus/dev-queue.db)")
-    dev.add_argument("--no-slack", action="store_true", help="leave Slack out")
-    dev.add_argument("--no-teams", action="store_true", help="leave Teams out")
-    dev.add_argument("--quiet", action="store_true", help="no live progress line")
-
     sub.add_parser("settings", help="validate the settings and print them with secrets masked")
-
-    try:
-        from worker.queue_cli import add_queue_parser
-    except ImportError:  # pragma: no cover - only while the module is being written
-        pass
-    else:
-        add_queue_parser(sub)
-    try:
-        from worker.infra_cli import add_infra_parser
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        add_infra_parser(sub)
+    add_queue_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    moved = _moved_command(args_list)
+    if moved is not None:
+        return _run_devstack(args_list)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     try:
         if args.command == "run":
             return _run(args)
-        if args.command == "dev":
-            from worker.dev import run_dev
-
-            return run_dev(args)
         if args.command == "settings":
             return _settings(args)
         if args.command == "queue":
-            from worker.queue_cli import run_queue_command
-
             return run_queue_command(args)
-        if args.command == "infra":
-            from worker.infra_cli import run_infra_command
-
-            return run_infra_command(args)
     except ConfigurationError as exc:
-        print(f"relaybus: {exc}", file=sys.stderr)
+        print(f"relaybus: {redact(str(exc))}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover
+
+
+def _moved_command(argv: list[str]) -> str | None:
+    """`dev` or `infra` when that is the command word (after any global options)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word == "--env-file":
+            skip = True
+            continue
+        if word.startswith("-"):
+            continue
+        return word if word in MOVED_TO_DEVSTACK else None
+    return None
+
+
+def _run_devstack(argv: list[str]) -> int:
+    """Hand the command to `python -m devstack` (same arguments), or say why it is not here."""
+    if importlib.util.find_spec("devstack") is None:
+        print(
+            "relaybus: `dev` and `infra` are dev-stack commands (python -m devstack …); this installation (the "
+            "worker image) does not include the dev stack: run them from a checkout of the repository",
+            file=sys.stderr,
+        )
+        return 2
+    command = [sys.executable, "-m", "devstack", *argv]
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, command)  # noqa: S606 (our own interpreter and module)
+    return subprocess.call(command)  # pragma: no cover - not POSIX
 
 
 def _settings(args: argparse.Namespace) -> int:
     from worker.settings import environment, load_settings
 
     settings = load_settings(environment(dotenv=args.env_file))
-    print(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2, default=str))
+    print(redact(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2, default=str)))
     return 0
 
 
@@ -101,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             "SLACK_APP_TOKEN / TEAMS_APP_ID",
             "no platform is configured: set SLACK_APP_TOKEN (Slack Socket Mode) and/or TEAMS_APP_ID (Teams socket "
-            "mode); for a local demo without credentials run `python -m worker dev`",
+            "mode); for a local demo without credentials run `python -m devstack dev` (or `make dev`)",
         )
     logs.configure(settings.log_level)
     worker = Worker(settings)
@@ -111,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         install_signal_handlers(stopping)
         result = await worker.run(stopping)
         for platform, message in result.fatal.items():
-            print(f"relaybus: {platform} stopped: {message}", file=sys.stderr)
+            print(f"relaybus: {platform} stopped: {redact(message)}", file=sys.stderr)
         return 0 if result.ok else 1
 
     return asyncio.run(main_async())

@@ -28,9 +28,9 @@ from enum import Enum
 
 from shared.envelope import Envelope
 from shared.errors import PublishError, RoutingError
-from shared.queueing.base import Publisher
 from worker.dedupe import DedupeWindow, KeyState
 from worker.metrics import Metrics
+from worker.publish import Publisher
 
 log = logging.getLogger(__name__)
 

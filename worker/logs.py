@@ -1,45 +1,19 @@
 """Logging for the worker's entry points, with secrets scrubbed from every record.
 
-Connectors already strip query strings from the URLs they log; this filter is the second line of
-defence: Slack tokens, bearer tokens and `access_token`/`ticket` query parameters are replaced by `***`
-in every formatted message, whichever library logged it.
+Connectors already keep query strings out of the URLs they log (`shared.redact.redact_url`); the
+`RedactingFilter` (`shared.redact`, the one redaction) is the second line of defence: Slack tokens,
+bearer tokens, JWTs, `access_token`/`ticket` query parameters and connection-string keys are replaced by
+`***` in every formatted message and traceback, whichever library logged it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
-_PATTERNS = (
-    re.compile(r"\bx(?:app|oxb|oxp|oxa|oxe)-[0-9A-Za-z_-]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)((?:access_token|ticket|token)=)[^&\s\"']+"),
-    re.compile(r"(?i)([?&](?:sig|code)=)[^&\s\"']+"),
-    re.compile(r"(?i)(SharedAccessKey=)[^;\s\"']+"),
-)
+from shared.redact import RedactingFilter, redact
 
-
-def redact(text: str) -> str:
-    """Replace anything that looks like a secret with `***`."""
-    for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
-    return text
-
-
-def strip_query(url: str) -> str:
-    """A URL without its query string and fragment (safe to log)."""
-    return url.split("?", 1)[0].split("#", 1)[0]
-
-
-class RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg = cleaned
-            record.args = None
-        return True
+__all__ = ["RedactingFilter", "configure", "redact"]
 
 
 def configure(level: str = "INFO", stream: object = None) -> None:
@@ -49,6 +23,6 @@ def configure(level: str = "INFO", stream: object = None) -> None:
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
     for noisy in ("azure", "websockets", "aiohttp.access", "httpx", "httpcore", "uamqp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

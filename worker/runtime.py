@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.errors import PublishError
-from shared.queueing.base import EnvelopePublisher, QueueBackend
 from worker.connector import Connector, FatalConnectorError
 from worker.dedupe import DedupeWindow
 from worker.handoff import Handoff
-from worker.http import HealthServer
+from worker.health import HealthServer
 from worker.metrics import Metrics
+from worker.publish import EnvelopePublisher, QueueBackend
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 def build_backend(settings: WorkerSettings) -> QueueBackend:
     """The queue backend the settings ask for (imports only that backend's dependencies)."""
     if settings.queue_backend == "servicebus":
-        from shared.queueing.servicebus import ServiceBusBackend
+        from worker.publish.servicebus import ServiceBusBackend
 
         assert settings.servicebus is not None  # guaranteed by WorkerSettings validation
         return ServiceBusBackend.from_settings(settings.servicebus, queues=queues_in_use(settings))
-    from shared.queueing.local import LocalQueueBackend
+    from localqueue import LocalQueueBackend
 
     settings.local_queue_path.parent.mkdir(parents=True, exist_ok=True)
     return LocalQueueBackend(settings.local_queue_path, queue_settings=settings.queue_names)
@@ -94,7 +94,7 @@ class Worker:
         self.connectors = (
             list(connectors) if connectors is not None else build_connectors(settings, self.handoff, self.metrics)
         )
-        self.http = (
+        self.health = (
             HealthServer(self.metrics, settings.platforms, settings.http_host, settings.http_port)
             if serve_http
             else None
@@ -112,12 +112,12 @@ class Worker:
                 log.error("%s", result.fatal["queue"])
                 await self.publisher.close()
                 return result
-        if self.http is not None:
-            await self.http.start()
+        if self.health is not None:
+            await self.health.start()
             log.info(
                 "health and metrics on http://%s:%s (/healthz /readyz /metrics)",
                 self.settings.http_host,
-                self.http.port,
+                self.health.port,
             )
         try:
             async with asyncio.TaskGroup() as group:
@@ -126,11 +126,11 @@ class Worker:
                     group.create_task(self._enforce_shutdown_timeout(stopping, tasks))
                     group.create_task(self._stop_when_all_failed(tasks, stopping))
         finally:
-            if self.http is not None:
-                self.http.stopping = True
+            if self.health is not None:
+                self.health.stopping = True
             await self.publisher.close()
-            if self.http is not None:
-                await self.http.stop()
+            if self.health is not None:
+                await self.health.stop()
         return result
 
     async def _run_one(self, connector: Connector, stopping: asyncio.Event, result: RunResult) -> None:

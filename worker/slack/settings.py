@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from shared.urls import check_https_url
+
 
 class SlackSettings(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
@@ -16,8 +18,9 @@ class SlackSettings(BaseModel):
     connections: int = Field(default=2, ge=1, le=10, alias="SLACK_CONNECTIONS")
     max_in_flight: int = Field(default=512, ge=1, le=100_000, alias="SLACK_MAX_IN_FLIGHT")
     """Envelopes being handed off at once, per connection (the reader pauses beyond this)."""
-    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024, alias="SLACK_MAX_FRAME_BYTES")
-    """Larger inbound frames are rejected (counted as invalid `oversized`), the socket stays up."""
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, alias="SLACK_MAX_FRAME_BYTES")
+    """Inbound frames larger than this many bytes (UTF-8) are rejected (counted as invalid `oversized`) and the
+    socket stays up; frames beyond 4x this are refused by the websocket itself (close 1009, reconnect)."""
     ping_interval: float = Field(default=5.0, gt=0, alias="SLACK_PING_INTERVAL_SECONDS")
     """Client pings; their pongs count as inbound traffic for the liveness watchdog."""
     liveness_timeout: float = Field(default=20.0, gt=0, alias="SLACK_LIVENESS_TIMEOUT_SECONDS")
@@ -43,8 +46,7 @@ class SlackSettings(BaseModel):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL such as https://slack.com/api/")
+        check_https_url(value, "https://slack.com/api/")
         return value if value.endswith("/") else value + "/"
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ import httpx
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from shared.errors import InvalidEnvelopeError
-from shared.teams.auth import CredentialTokenProvider, StaticTokenProvider, TokenError, TokenProvider, credential_for
+from shared.teams_auth import CredentialTokenProvider, StaticTokenProvider, TokenError, TokenProvider, credential_for
 from worker.backoff import full_jitter, schedule
 from worker.connector import FatalConnectorError
 from worker.handoff import Handoff

@@ -3,10 +3,10 @@
 Contract (`TEAMS_CONTRACT`): `shipped` (per-geo negotiate, `Activity` invocations answered with
 completions) or `draft` (one-way `activity`, every session receives every event, 1-10 slots).
 
-Credentials, in order of precedence: `TEAMS_STATIC_TOKEN` (sandbox only: refused unless
-`TEAMS_BASE_URL` points at localhost), `TEAMS_APP_PASSWORD` (client secret) or
-`TEAMS_CERTIFICATE_PATH` (both need `TEAMS_TENANT_ID`), else the managed identity
-`TEAMS_MANAGED_IDENTITY_CLIENT_ID` (defaults to `TEAMS_APP_ID`).
+Credentials are the shared `TeamsCredentials` model (`shared.teams_auth`), the same the function app
+validates: `TEAMS_STATIC_TOKEN` (sandbox only: refused unless `TEAMS_BASE_URL` is on loopback),
+`TEAMS_APP_PASSWORD` (client secret) or `TEAMS_CERTIFICATE_PATH` (both need `TEAMS_TENANT_ID`), else the
+managed identity `TEAMS_MANAGED_IDENTITY_CLIENT_ID` (defaults to `TEAMS_APP_ID`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from shared.teams_auth import TeamsCredentials, check_static_token
+from shared.urls import check_https_url
 
 RING_BASE_URLS = {
     "production": "https://botapi.skype.com",
@@ -22,19 +25,10 @@ RING_BASE_URLS = {
     "pilot": "https://pilot1.botapi.skype.com",
 }
 GEOS = ("amer", "emea", "apac")
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-class TeamsSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
-
-    app_id: str = Field(alias="TEAMS_APP_ID")
-    tenant_id: str | None = Field(default=None, alias="TEAMS_TENANT_ID")
-    app_password: SecretStr | None = Field(default=None, alias="TEAMS_APP_PASSWORD")
-    certificate_path: str | None = Field(default=None, alias="TEAMS_CERTIFICATE_PATH")
-    managed_identity_client_id: str | None = Field(default=None, alias="TEAMS_MANAGED_IDENTITY_CLIENT_ID")
-    static_token: SecretStr | None = Field(default=None, alias="TEAMS_STATIC_TOKEN")
-    """Sandbox only: a fixed bearer token instead of azure-identity."""
+class TeamsSettings(TeamsCredentials):
+    app_id: str = Field(alias="TEAMS_APP_ID")  # required on the worker
 
     contract: Literal["shipped", "draft"] = Field(default="shipped", alias="TEAMS_CONTRACT")
     ring: Literal["production", "canary", "pilot"] = Field(default="production", alias="TEAMS_RING")
@@ -47,7 +41,10 @@ class TeamsSettings(BaseModel):
     """Draft contract: `/{cloud}/v3/websockets/connect` (with `TEAMS_DRAFT_TENANT_PATH`, `/{cloud}/{tenant}/…`)."""
     draft_tenant_path: bool = Field(default=False, alias="TEAMS_DRAFT_TENANT_PATH")
     fallback_on_503: bool = Field(default=True, alias="TEAMS_FALLBACK_ON_503")
+    """Draft contract: a 503 "Socket mode is not available." keeps the slot down and asks again slowly."""
     max_in_flight: int = Field(default=1000, ge=1, le=100_000, alias="TEAMS_MAX_IN_FLIGHT")
+    max_retry_after: float = Field(default=60.0, gt=0, le=3600, alias="TEAMS_MAX_RETRY_AFTER_SECONDS")
+    """Upper bound on a `Retry-After` honoured from the service negotiate (429, 503)."""
 
     @property
     def base_url(self) -> str:
@@ -55,7 +52,7 @@ class TeamsSettings(BaseModel):
 
     @property
     def geo_list(self) -> tuple[str, ...]:
-        return tuple(g.strip() for g in self.geos.split(",") if g.strip())
+        return tuple(g.strip().lower() for g in self.geos.split(",") if g.strip())
 
     @property
     def slot_names(self) -> tuple[str, ...]:
@@ -67,9 +64,12 @@ class TeamsSettings(BaseModel):
     @field_validator("geos")
     @classmethod
     def _geos(cls, value: str) -> str:
-        geos = [g.strip() for g in value.split(",") if g.strip()]
+        geos = [g.strip().lower() for g in value.split(",") if g.strip()]
         if not geos:
-            raise ValueError("name at least one geo (amer, emea, apac)")
+            raise ValueError(f"name at least one geo ({', '.join(GEOS)})")
+        unknown = [g for g in geos if g not in GEOS]
+        if unknown:
+            raise ValueError(f"unknown geo {unknown[0]!r}: use {', '.join(GEOS)}")
         if len(set(geos)) != len(geos):
             raise ValueError("geos repeat")
         return value
@@ -77,16 +77,11 @@ class TeamsSettings(BaseModel):
     @field_validator("base_url_override")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL such as https://canary.botapi.skype.com")
+        if value:
+            check_https_url(value, "https://canary.botapi.skype.com")
         return value or None
 
     @model_validator(mode="after")
     def _static_token_only_locally(self) -> TeamsSettings:
-        if self.static_token is not None:
-            host = urlsplit(self.base_url).hostname or ""
-            if host not in _LOCAL_HOSTS:
-                raise ValueError("TEAMS_STATIC_TOKEN is for the local sandbox only (TEAMS_BASE_URL on localhost)")
-        if (self.app_password or self.certificate_path) and not self.tenant_id and self.static_token is None:
-            raise ValueError("TEAMS_TENANT_ID is required with TEAMS_APP_PASSWORD or TEAMS_CERTIFICATE_PATH")
+        check_static_token(self, [urlsplit(self.base_url).hostname or ""], "TEAMS_BASE_URL")
         return self

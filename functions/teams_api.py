@@ -30,25 +30,14 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from shared.errors import RecipientGone, RelaybusError, UnsafeReplyTarget
-from shared.settings import FunctionSettings
-from shared.teams.auth import CredentialTokenProvider, StaticTokenProvider, TokenProvider, credential_for
+from functions.settings import DEFAULT_BOT_CONNECTOR_HOSTS, FunctionSettings
+from shared.errors import ConfigurationError, RecipientGone, RelaybusError, UnsafeReplyTarget
+from shared.teams_auth import TokenProvider, token_provider
+from shared.urls import split
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
-    "smba.trafficmanager.net",
-    "smba.infra.gcc.teams.microsoft.com",
-    "smba.infra.gov.teams.microsoft.us",
-    "smba.infra.dod.teams.microsoft.us",
-    ".botframework.com",
-    ".botframework.azure.us",
-    ".botframework.azure.cn",
-)
-"""Teams (commercial, GCC, GCC High, DoD) and the Bot Framework channel hosts; `.x` means any subdomain of x."""
-
 RETRY_STATUSES = frozenset({412, 429, 502, 503, 504})
-_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class BotConnectorError(RelaybusError):
@@ -65,11 +54,7 @@ class MessageWritesBlocked(BotConnectorError, RecipientGone):
 class ServiceUrlNotAllowed(BotConnectorError, UnsafeReplyTarget):
     """The activity's serviceUrl is not a Bot Framework host on the allowlist."""
 
-
-def parse_allowed_hosts(value: str | None) -> tuple[str, ...]:
-    if not value:
-        return DEFAULT_ALLOWED_HOSTS
-    return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    reason = "ServiceUrlNotAllowed"
 
 
 def host_allowed(host: str, allowed: Iterable[str]) -> bool:
@@ -85,14 +70,22 @@ def host_allowed(host: str, allowed: Iterable[str]) -> bool:
     return False
 
 
-def check_service_url(service_url: str, allowed: Iterable[str]) -> str:
-    """The service URL with a trailing slash, or `ServiceUrlNotAllowed`. http only for local hosts."""
-    parts = urlsplit(service_url)
-    host = parts.hostname or ""
-    scheme_ok = parts.scheme == "https" or (parts.scheme == "http" and host in _LOCAL_HOSTS)
-    if not scheme_ok or not host_allowed(host, allowed) or parts.username or parts.password:
-        raise ServiceUrlNotAllowed(f"serviceUrl host {host!r} ({parts.scheme}) is not an allowed Bot Framework host")
-    return service_url if service_url.endswith("/") else service_url + "/"
+def check_service_url(service_url: object, allowed: Iterable[str]) -> str:
+    """The service URL with a trailing slash, or `ServiceUrlNotAllowed`.
+
+    https on an allowed host with the default port; http (any port) only for loopback hosts on the list
+    (the sandbox). Anything that cannot be parsed is refused, never retried."""
+    parts = split(service_url)
+    if parts is None:
+        raise ServiceUrlNotAllowed(f"serviceUrl {str(service_url)[:80]!r} is not a URL")
+    local = parts.loopback
+    scheme_ok = parts.scheme == "https" or (parts.scheme == "http" and local)
+    port_ok = local or parts.port in (None, 443)
+    if not scheme_ok or not port_ok or parts.has_credentials or not host_allowed(parts.host, allowed):
+        where = f"{parts.scheme}://{parts.host}" + (f":{parts.port}" if parts.port is not None else "")
+        raise ServiceUrlNotAllowed(f"serviceUrl {where} is not an allowed Bot Framework host")
+    url = str(service_url).strip()
+    return url if url.endswith("/") else url + "/"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -128,7 +121,7 @@ class BotConnectorClient:
         self,
         tokens: TokenProvider,
         *,
-        allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
+        allowed_hosts: Iterable[str] = DEFAULT_BOT_CONNECTOR_HOSTS,
         http: httpx.AsyncClient | None = None,
         max_retries: int = 4,
         backoff_base: float = 0.5,
@@ -149,28 +142,10 @@ class BotConnectorClient:
 
     @classmethod
     def from_settings(cls, settings: FunctionSettings) -> BotConnectorClient:
-        allowed = parse_allowed_hosts(settings.bot_connector_allowed_hosts)
-        tokens: TokenProvider
-        if settings.teams_static_token is not None:
-            if not all(h in _LOCAL_HOSTS for h in allowed):
-                raise RelaybusError(
-                    "TEAMS_STATIC_TOKEN is for the sandbox only: set BOT_CONNECTOR_ALLOWED_HOSTS=127.0.0.1"
-                )
-            tokens = StaticTokenProvider(settings.teams_static_token.get_secret_value())
-        else:
-            if not settings.teams_app_id:
-                from shared.errors import ConfigurationError
-
-                raise ConfigurationError("TEAMS_APP_ID", "is required to reply on Teams")
-            credential, hint = credential_for(
-                settings.teams_app_id,
-                settings.teams_tenant_id,
-                settings.teams_app_password.get_secret_value() if settings.teams_app_password else None,
-                settings.teams_certificate_path,
-                settings.teams_managed_identity_client_id,
-            )
-            tokens = CredentialTokenProvider(credential, description=hint)
-        return cls(tokens, allowed_hosts=allowed)
+        if settings.teams is None:
+            raise ConfigurationError("TEAMS_APP_ID", "is required to reply on Teams")
+        tokens, _hint = token_provider(settings.teams)
+        return cls(tokens, allowed_hosts=settings.service_url_hosts)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 
 from shared.errors import PublishError, TransientPublishError
-from shared.queueing.base import QueueMessage
+from worker.publish import QueueMessage
 
 
 class MemoryBackend:

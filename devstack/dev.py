@@ -66,14 +66,14 @@ async def start_platforms(
         if env.get("SLACK_APP_TOKEN"):
             log.info("Slack: using the real platform (SLACK_APP_TOKEN is set)")
         else:
-            from worker.dev_platforms import SlackDemo
+            from devstack.platforms import SlackDemo
 
             platforms.append(await SlackDemo.start(stack))
     if not args.no_teams:
         if env.get("TEAMS_APP_ID"):
             log.info("Teams: using the real platform (TEAMS_APP_ID is set)")
         else:
-            from worker.dev_platforms import TeamsDemo
+            from devstack.platforms import TeamsDemo
 
             platforms.append(await TeamsDemo.start(stack))
     return platforms
@@ -140,7 +140,7 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
 
 def _functions_host(worker: Any, settings: Mapping[str, str]) -> Any:
     import function_app
-    from worker.funchost import LocalFunctionsHost
+    from devstack.funchost import LocalFunctionsHost
 
     # host.json sits next to function_app.py, wherever the command is run from
     return LocalFunctionsHost(
@@ -150,13 +150,13 @@ def _functions_host(worker: Any, settings: Mapping[str, str]) -> Any:
 
 async def _announce_health(out: TextIO, worker: Any, stopping: asyncio.Event) -> None:
     """Print the health URL once the worker's HTTP server is listening (port 0 picks a free port)."""
-    if worker.http is None:
+    if worker.health is None:
         return
-    while not stopping.is_set() and not worker.http.port:  # noqa: ASYNC110 (the server sets no event)
+    while not stopping.is_set() and not worker.health.port:  # noqa: ASYNC110 (the server sets no event)
         await asyncio.sleep(0.02)
-    if worker.http.port:
+    if worker.health.port:
         host = worker.settings.http_host
-        out.write(f"  health: http://{host}:{worker.http.port}/healthz /readyz /metrics\n")
+        out.write(f"  health: http://{host}:{worker.health.port}/healthz /readyz /metrics\n")
         out.flush()
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 from typing import Self
 
-from worker.sandbox.slack import SlackSandbox
-from worker.sandbox.teams import TeamsSandbox
+from devstack.sandbox.slack import SlackSandbox
+from devstack.sandbox.teams import TeamsSandbox
 
 _SLACK_SCRIPT = ("mention", "command", "action")
 _TEAMS_SCRIPT = ("message", "card")

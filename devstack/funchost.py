@@ -17,7 +17,7 @@ route table's default, `isSessionsEnabled`). There is no second registration lis
   max delivery count, then the queue dead-letters it (`MaxDeliveryCountExceeded`);
 - a function raising `shared.errors.DeadLetterError` is dead-lettered at once with its reason and
   description. (On Azure, Python's classic binding cannot dead-letter: there the message is abandoned
-  until max deliveries. `shared.functions` documents the difference.)
+  until max deliveries. `functions.triggers` documents the difference.)
 
 Functions receive real `azure.functions.ServiceBusMessage` objects; sync functions run in a thread,
 async ones on the loop. `stats` counts invocations and outcomes per function, and `on_outcome` (an
@@ -49,9 +49,8 @@ import azure.functions as func
 from azure.functions.meta import Datum
 from azure.functions.servicebus import ServiceBusMessage
 
-from shared.errors import ConfigurationError, DeadLetterError
-from shared.functions import indexed_functions
-from shared.queueing.local import (
+from functions.triggers import indexed_functions
+from localqueue import (
     Disposition,
     LocalQueueBackend,
     LocalQueueError,
@@ -61,6 +60,7 @@ from shared.queueing.local import (
     StoredMessage,
     queue_configs,
 )
+from shared.errors import ConfigurationError, DeadLetterError
 from shared.routes import ROUTES, RouteTable
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ _TIMESPAN = re.compile(r"^(?:(?P<days>\d+)\.)?(?P<hours>\d+):(?P<minutes>\d+):(?
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceBusOptions:
+class HostOptions:
     """`host.json` `extensions.serviceBus`, with the extension's defaults (durations in seconds)."""
 
     max_concurrent_calls: int = 16 * (os.cpu_count() or 1)
@@ -85,7 +85,7 @@ class ServiceBusOptions:
     """Not set in host.json: the local host releases an idle session after one second."""
 
     @classmethod
-    def from_host_json(cls, path: Path | None) -> ServiceBusOptions:
+    def from_host_json(cls, path: Path | None) -> HostOptions:
         """Read `extensions.serviceBus` (and the older `messageHandlerOptions` / `sessionHandlerOptions`)."""
         if path is None or not path.is_file():
             return cls()
@@ -259,7 +259,7 @@ def _direction(binding: Mapping[str, Any]) -> str:
 # -- outcomes and counters -------------------------------------------------------------------------------
 
 
-class Outcome(Enum):
+class Settlement(Enum):
     COMPLETED = "completed"
     ABANDONED = "abandoned"
     """The function raised; the message will be redelivered."""
@@ -272,7 +272,7 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Invocation:
+class FunctionRun:
     """What happened to one delivery (passed to `on_outcome`)."""
 
     function: str
@@ -280,7 +280,7 @@ class Invocation:
     message_id: str
     session_id: str | None
     delivery_count: int
-    outcome: Outcome
+    outcome: Settlement
     seconds: float
     error: str | None = None
     dead_letter_reason: str | None = None
@@ -368,8 +368,8 @@ class LocalFunctionsHost:
         settings: Mapping[str, str] | None = None,
         *,
         routes: RouteTable = ROUTES,
-        options: ServiceBusOptions | None = None,
-        on_outcome: Callable[[Invocation], None] | None = None,
+        options: HostOptions | None = None,
+        on_outcome: Callable[[FunctionRun], None] | None = None,
         poll_interval: float = 0.2,
     ) -> None:
         self._settings = dict(settings or {})
@@ -385,7 +385,7 @@ class LocalFunctionsHost:
             self._clock = time.time
         else:
             raise TypeError(f"the local functions host needs a LocalQueueBackend or a path, not {type(backend)}")
-        self.options = options or ServiceBusOptions.from_host_json(host_json_path)
+        self.options = options or HostOptions.from_host_json(host_json_path)
         self.functions = discover(app, self._settings, self._queues, routes)
         self._on_outcome = on_outcome
         self._poll = poll_interval
@@ -554,7 +554,7 @@ class LocalFunctionsHost:
         finally:
             stats.in_flight -= 1
         self._count(stats, outcome)
-        record = Invocation(
+        record = FunctionRun(
             function=fn.name,
             queue=fn.queue,
             message_id=message.message_id,
@@ -620,29 +620,29 @@ class LocalFunctionsHost:
             to=fn.queue,
         )
 
-    async def _settle_success(self, message: StoredMessage) -> Outcome:
+    async def _settle_success(self, message: StoredMessage) -> Settlement:
         if not self.options.auto_complete_messages:
-            return Outcome.LEFT_LOCKED
+            return Settlement.LEFT_LOCKED
         try:
             await self.backend.complete(_token(message))
         except _SETTLEMENT_ERRORS as settle_error:
             _settlement_failed(message, settle_error)
-            return Outcome.LOCK_LOST
-        return Outcome.COMPLETED
+            return Settlement.LOCK_LOST
+        return Settlement.COMPLETED
 
-    async def _settle_abandon(self, message: StoredMessage) -> tuple[Outcome, str | None]:
+    async def _settle_abandon(self, message: StoredMessage) -> tuple[Settlement, str | None]:
         try:
             disposition = await self.backend.abandon(_token(message))
         except _SETTLEMENT_ERRORS as settle_error:
             _settlement_failed(message, settle_error)
-            return Outcome.LOCK_LOST, None
+            return Settlement.LOCK_LOST, None
         if disposition is Disposition.DEAD_LETTERED:
-            return Outcome.DEAD_LETTERED, "MaxDeliveryCountExceeded"
-        return Outcome.ABANDONED, None
+            return Settlement.DEAD_LETTERED, "MaxDeliveryCountExceeded"
+        return Settlement.ABANDONED, None
 
     async def _settle_dead_letter(
         self, message: StoredMessage, exc: DeadLetterError
-    ) -> tuple[Outcome, str | None, str | None]:
+    ) -> tuple[Settlement, str | None, str | None]:
         log.warning(
             "dead-lettering message_id=%s reason=%s description=%s", message.message_id, exc.reason, exc.description
         )
@@ -651,8 +651,8 @@ class LocalFunctionsHost:
             await self.backend.dead_letter(_token(message), exc.reason, exc.description)
         except _SETTLEMENT_ERRORS as settle_error:
             _settlement_failed(message, settle_error)
-            return Outcome.LOCK_LOST, None, error
-        return Outcome.DEAD_LETTERED, exc.reason, error
+            return Settlement.LOCK_LOST, None, error
+        return Settlement.DEAD_LETTERED, exc.reason, error
 
     async def _renew_locks(
         self, fn: ServiceBusFunction, message: StoredMessage, lease: SessionLease | None, started: float
@@ -673,14 +673,14 @@ class LocalFunctionsHost:
             log.debug("lock renewed function=%s message_id=%s", fn.name, message.message_id)
 
     @staticmethod
-    def _count(stats: FunctionStats, outcome: Outcome) -> None:
-        if outcome is Outcome.COMPLETED:
+    def _count(stats: FunctionStats, outcome: Settlement) -> None:
+        if outcome is Settlement.COMPLETED:
             stats.completed += 1
-        elif outcome is Outcome.ABANDONED:
+        elif outcome is Settlement.ABANDONED:
             stats.abandoned += 1
-        elif outcome is Outcome.DEAD_LETTERED:
+        elif outcome is Settlement.DEAD_LETTERED:
             stats.dead_lettered += 1
-        elif outcome is Outcome.LEFT_LOCKED:
+        elif outcome is Settlement.LEFT_LOCKED:
             stats.left_locked += 1
         else:
             stats.lock_lost += 1

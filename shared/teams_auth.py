@@ -1,5 +1,11 @@
-"""Bot Framework tokens, behind a small seam shared by the worker and the functions.
+"""Teams (Bot Framework) credentials and tokens: one model and one token seam for the worker and the functions.
 
+- `TeamsCredentials`: the credential settings (`TEAMS_APP_ID`, `TEAMS_TENANT_ID`, `TEAMS_APP_PASSWORD`,
+  `TEAMS_CERTIFICATE_PATH`, `TEAMS_MANAGED_IDENTITY_CLIENT_ID`, `TEAMS_STATIC_TOKEN`), validated the same
+  way on both sides; `check_static_token(credentials, hosts, setting)` is the one guard that keeps the
+  sandbox-only static token away from anything but loopback;
+- `token_provider(credentials)`: the `TokenProvider` those settings ask for, with a hint naming the
+  settings to check when it fails;
 - `TokenProvider`: `await provider.token()` returns a bearer token valid for a while; `invalidate()`
   drops a cached token after a 401; `aclose()` releases it.
 - `CredentialTokenProvider`: wraps an azure-identity async credential (client secret, certificate or
@@ -14,15 +20,73 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ClientAuthenticationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from shared.errors import ConfigurationError, RelaybusError
+from shared.urls import is_loopback
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
 
 BOT_FRAMEWORK_SCOPE = "https://api.botframework.com/.default"
+
+
+class TeamsCredentials(BaseModel):
+    """How a bot authenticates to the Bot Framework. Precedence: static token (sandbox only), client secret,
+    certificate, managed identity (`TEAMS_MANAGED_IDENTITY_CLIENT_ID`, defaulting to the app id)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    settings_name: ClassVar[str] = "TEAMS_APP_ID"
+
+    app_id: str | None = Field(default=None, alias="TEAMS_APP_ID")
+    tenant_id: str | None = Field(default=None, alias="TEAMS_TENANT_ID")
+    app_password: SecretStr | None = Field(default=None, alias="TEAMS_APP_PASSWORD")
+    certificate_path: str | None = Field(default=None, alias="TEAMS_CERTIFICATE_PATH")
+    managed_identity_client_id: str | None = Field(default=None, alias="TEAMS_MANAGED_IDENTITY_CLIENT_ID")
+    static_token: SecretStr | None = Field(default=None, alias="TEAMS_STATIC_TOKEN")
+    """Sandbox only: a fixed bearer token instead of Entra ID (see `check_static_token`)."""
+
+    @model_validator(mode="after")
+    def _credential_complete(self) -> TeamsCredentials:
+        if self.static_token is None:
+            if not self.app_id:
+                raise ValueError("TEAMS_APP_ID is required (the bot's app id)")
+            if (self.app_password or self.certificate_path) and not self.tenant_id:
+                raise ValueError(
+                    "TEAMS_TENANT_ID is required with TEAMS_APP_PASSWORD or TEAMS_CERTIFICATE_PATH "
+                    "(single-tenant bots authenticate against their tenant)"
+                )
+        return self
+
+
+def check_static_token(credentials: TeamsCredentials, hosts: Iterable[str], setting: str) -> None:
+    """The one guard for both sides: `TEAMS_STATIC_TOKEN` only when every host it may reach is loopback.
+
+    `hosts` are where the token would be sent (the worker: `TEAMS_BASE_URL`'s host; the functions: the
+    Bot Connector allowlist); `setting` names the setting that must point at the sandbox."""
+    if credentials.static_token is None:
+        return
+    targets = [h for h in hosts if h]
+    if not targets or not all(is_loopback(host.lstrip(".")) for host in targets):
+        raise ValueError(f"TEAMS_STATIC_TOKEN is for the local sandbox only: {setting} must name loopback hosts only")
+
+
+def token_provider(credentials: TeamsCredentials) -> tuple[TokenProvider, str]:
+    """The token provider the credentials ask for, and a hint naming the settings to check."""
+    if credentials.static_token is not None:
+        return StaticTokenProvider(credentials.static_token.get_secret_value()), "check TEAMS_STATIC_TOKEN"
+    assert credentials.app_id is not None  # guaranteed by the model
+    credential, hint = credential_for(
+        credentials.app_id,
+        credentials.tenant_id,
+        credentials.app_password.get_secret_value() if credentials.app_password else None,
+        credentials.certificate_path,
+        credentials.managed_identity_client_id,
+    )
+    return CredentialTokenProvider(credential, description=hint), hint
 
 
 class TokenError(RelaybusError):
@@ -86,6 +150,8 @@ class CredentialTokenProvider:
         async with self._lock:
             if self._token is not None and self._clock() < self._expires_on - self._margin:
                 return self._token
+            from azure.core.exceptions import ClientAuthenticationError
+
             try:
                 access = await self._credential.get_token(self._scope)
             except ClientAuthenticationError as exc:

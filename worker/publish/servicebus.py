@@ -32,7 +32,7 @@
   and the credential. Every task is owned by its lane and awaited or cancelled on close.
 
 The network edge is one seam: `SenderFactory`, a callable returning a `Sender` for a queue name (by
-default `ServiceBusClient.get_queue_sender`). `FakeNamespace` (at the end of this module) provides
+default `ServiceBusClient.get_queue_sender`). `FakeNamespace` (`worker.publish.servicebus_fake`) provides
 fake senders built on the SDK's real `ServiceBusMessageBatch`, with a simulated round trip and
 scripted failures, for tests and benchmarks.
 """
@@ -67,7 +67,7 @@ from azure.servicebus.exceptions import (
 )
 
 from shared.errors import ConfigurationError, PermanentPublishError, PublishError, TransientPublishError
-from shared.queueing.base import QueueMessage
+from shared.queue_message import QueueMessage
 
 if TYPE_CHECKING:
     from worker.settings import ServiceBusSettings
@@ -142,7 +142,7 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceBusOptions:
+class ServiceBusBackendOptions:
     """Batching and retry knobs (the worker sets the first two from `ServiceBusSettings`)."""
 
     max_batch_bytes: int | None = DEFAULT_MAX_BATCH_BYTES
@@ -421,7 +421,7 @@ class ServiceBusBackend:
     def __init__(
         self,
         sender_factory: SenderFactory,
-        options: ServiceBusOptions | None = None,
+        options: ServiceBusBackendOptions | None = None,
         *,
         queues: Iterable[str] = (),
         resources: Sequence[_Closable] = (),
@@ -431,7 +431,7 @@ class ServiceBusBackend:
         """`queues` are the queues `open()` warms up; `resources` (client, credential) are closed by
         `close()` after the senders; `client` is kept for inspection."""
         self.sender_factory = sender_factory
-        self.options = options or ServiceBusOptions()
+        self.options = options or ServiceBusBackendOptions()
         self.queues = tuple(queues)
         self.client = client
         self._resources = tuple(resources)
@@ -445,7 +445,7 @@ class ServiceBusBackend:
     def from_client(
         cls,
         client: ServiceBusClient,
-        options: ServiceBusOptions | None = None,
+        options: ServiceBusBackendOptions | None = None,
         *,
         queues: Iterable[str] = (),
         resources: Sequence[_Closable] = (),
@@ -459,7 +459,7 @@ class ServiceBusBackend:
 
     @classmethod
     def from_connection_string(
-        cls, connection_string: str, options: ServiceBusOptions | None = None, *, queues: Iterable[str] = ()
+        cls, connection_string: str, options: ServiceBusBackendOptions | None = None, *, queues: Iterable[str] = ()
     ) -> ServiceBusBackend:
         """A connection string, the emulator's (`UseDevelopmentEmulator=true`) included."""
         client = ServiceBusClient.from_connection_string(connection_string, **_CLIENT_RETRY)
@@ -470,7 +470,7 @@ class ServiceBusBackend:
         cls,
         fully_qualified_namespace: str,
         client_id: str | None = None,
-        options: ServiceBusOptions | None = None,
+        options: ServiceBusBackendOptions | None = None,
         *,
         queues: Iterable[str] = (),
     ) -> ServiceBusBackend:
@@ -485,13 +485,15 @@ class ServiceBusBackend:
 
     @classmethod
     def from_settings(
-        cls, settings: ServiceBusSettings, queues: Iterable[str] = (), options: ServiceBusOptions | None = None
+        cls, settings: ServiceBusSettings, queues: Iterable[str] = (), options: ServiceBusBackendOptions | None = None
     ) -> ServiceBusBackend:
         """The worker's factory: the connection string if set, else the namespace with an identity.
 
         `queues` (the route table's queue names in effect) are the ones `open()` warms up."""
         options = replace(
-            options or ServiceBusOptions(), max_batch_bytes=settings.max_batch_bytes, linger_ms=settings.linger_ms
+            options or ServiceBusBackendOptions(),
+            max_batch_bytes=settings.max_batch_bytes,
+            linger_ms=settings.linger_ms,
         )
         if settings.connection_string is not None:
             return cls.from_connection_string(settings.connection_string.get_secret_value(), options, queues=queues)
@@ -589,93 +591,3 @@ class ServiceBusBackend:
                 if isinstance(error, TransientPublishError):
                     log.warning("unexpected error from Service Bus (%s)", what(), exc_info=True)
                 raise error from exc
-
-
-class FakeSender:
-    """A `Sender` without a network: the SDK's real `ServiceBusMessageBatch`, a simulated round trip per
-    `send_messages`, scripted failures. Used by the tests and the benchmarks."""
-
-    def __init__(self, namespace: FakeNamespace, queue: str) -> None:
-        self.namespace = namespace
-        self.queue = queue
-        self.closed = False
-        self._in_flight = 0
-
-    async def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch:
-        ns = self.namespace
-        if ns.create_failures:
-            raise ns.create_failures.pop(0)
-        if max_size_in_bytes and max_size_in_bytes > ns.link_max_batch_bytes:  # as the SDK does
-            raise ValueError(f"Max message size: {max_size_in_bytes} is too large")
-        return ServiceBusMessageBatch(max_size_in_bytes=max_size_in_bytes or ns.link_max_batch_bytes)
-
-    async def send_messages(
-        self,
-        message: ServiceBusMessageBatch,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 (the SDK's signature)
-    ) -> None:
-        ns = self.namespace
-        if self.closed:
-            raise ValueError("The handler has already been shutdown.")
-        self._in_flight += 1
-        ns.max_concurrent_sends = max(ns.max_concurrent_sends, self._in_flight)
-        try:
-            ns.send_calls += 1
-            if ns.latency:
-                await asyncio.sleep(ns.latency)
-            if ns.send_failures:
-                raise ns.send_failures.pop(0)
-            ns.batches += 1
-            ns.count += len(message)
-            if ns.record:
-                ns.sent.append(SentBatch(self.queue, message))
-        finally:
-            self._in_flight -= 1
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-@dataclass(frozen=True, slots=True)
-class SentBatch:
-    """A batch the fake accepted."""
-
-    queue: str
-    batch: ServiceBusMessageBatch
-
-    @property
-    def messages(self) -> list[ServiceBusMessage]:
-        return list(self.batch._messages)
-
-
-class FakeNamespace:
-    """Fake senders sharing one record of what was sent; `sender_factory` is the backend's seam.
-
-    `latency` is the simulated round trip of one `send_messages`; exceptions put in `send_failures`
-    (`create_failures`) are raised by the next `send_messages` (`create_message_batch`) calls, one each.
-    Accepted batches are kept in `sent` unless `record` is false (benchmarks: counts only).
-    """
-
-    def __init__(
-        self, latency: float = 0.0, link_max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, *, record: bool = True
-    ) -> None:
-        self.latency = latency
-        self.link_max_batch_bytes = link_max_batch_bytes
-        self.record = record
-        self.batches = 0
-        self.count = 0
-        self.sent: list[SentBatch] = []
-        self.senders: list[FakeSender] = []
-        self.send_failures: list[BaseException] = []
-        self.create_failures: list[BaseException] = []
-        self.send_calls = 0
-        self.max_concurrent_sends = 0
-
-    def sender_factory(self, queue: str) -> FakeSender:
-        sender = FakeSender(self, queue)
-        self.senders.append(sender)
-        return sender
-
-    def messages(self, queue: str | None = None) -> list[ServiceBusMessage]:
-        return [m for b in self.sent if queue is None or b.queue == queue for m in b.messages]

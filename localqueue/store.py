@@ -49,14 +49,11 @@ on a session queue, too large) or `TransientPublishError` (SQLite busy, disk ful
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,9 +61,9 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from shared.errors import PermanentPublishError, PublishError, RelaybusError, TransientPublishError
+from shared.errors import PermanentPublishError, RelaybusError
 from shared.jsonfmt import compact
-from shared.queueing.base import QueueMessage
+from shared.queue_message import QueueMessage
 from shared.routes import ROUTES, Route, RouteTable
 
 log = logging.getLogger(__name__)
@@ -75,6 +72,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+APPLICATION_ID = 0x52424C51
+"""`PRAGMA application_id` of a relaybus queue file ("RBLQ"); files of earlier versions carry 0."""
+_QUEUE_TABLES = frozenset({"queues", "messages", "dedupe", "sessions"})
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 """Service Bus Standard tier's message size limit."""
@@ -97,6 +97,10 @@ class LockLostError(LocalQueueError):
 
 class StoreMissingError(LocalQueueError):
     """The store file does not exist (and the caller asked not to create it)."""
+
+
+class NotAQueueError(LocalQueueError):
+    """The file exists but is not a relaybus queue (empty, another SQLite database, not SQLite at all)."""
 
 
 class MessageState(IntEnum):
@@ -320,10 +324,13 @@ class LocalQueueStore:
             return self._conn
         if self._create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file() and self.path.stat().st_size > 0:
+                check_store_file(self.path)  # never turn someone else's database into a queue
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         else:
             if not self.path.is_file():
                 raise StoreMissingError(f"no local queue at {self.path}")
+            check_store_file(self.path)
             uri = self.path.resolve().as_uri() + "?mode=rw"
             conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
         try:
@@ -337,6 +344,7 @@ class LocalQueueStore:
                 for statement in _SCHEMA:
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 if self._given is not None:
                     tx.executemany(
                         "INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?, ?)",
@@ -698,6 +706,37 @@ class LocalQueueStore:
         )
 
 
+def check_store_file(path: Path) -> None:
+    """Raise `NotAQueueError` unless `path` is a relaybus queue file. Read-only: changes nothing.
+
+    A queue file is an SQLite database with relaybus' application id (or, written by an earlier
+    version, id 0 with relaybus' tables and schema version)."""
+    if path.stat().st_size == 0:
+        raise NotAQueueError(f"{path} is an empty file, not a relaybus queue")
+    try:
+        with path.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        raise NotAQueueError(f"{path} cannot be read: {exc.strerror}") from None
+    if header != b"SQLite format 3\x00":
+        raise NotAQueueError(f"{path} is not an SQLite database, so not a relaybus queue")
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=2.0, isolation_level=None)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise NotAQueueError(f"{path} cannot be read as a relaybus queue: {exc}") from None
+    if app_id == APPLICATION_ID or (app_id == 0 and tables >= _QUEUE_TABLES and version >= 1):
+        return
+    what = "another application's SQLite database" if app_id not in (0, APPLICATION_ID) else "an SQLite database"
+    raise NotAQueueError(f"{path} is {what} without relaybus' queue tables: not a relaybus queue, left unchanged")
+
+
 def check_message(
     queues: Mapping[str, QueueConfig], message: QueueMessage, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> None:
@@ -744,227 +783,3 @@ def _message(row: Any) -> StoredMessage:
         dead_letter_description=None if dl_description is None else str(dl_description),
         dead_lettered_at=None if dl_at is None else float(dl_at),
     )
-
-
-@dataclass(slots=True)
-class _Pending:
-    message: QueueMessage
-    available_at: float | None
-    future: asyncio.Future[bool]
-
-
-class LocalQueueBackend:
-    """The local queue as a `QueueBackend` (group-committed durable sends) with an async receiver API.
-
-    `LocalQueueBackend(path, routes, queue_settings)` configures one queue per route (queue names
-    from `queue_settings`, the app settings such as `SLACK_EVENTS_QUEUE`); `queues=` replaces that
-    with explicit configurations (tests use short lock durations this way).
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        routes: RouteTable = ROUTES,
-        queue_settings: Mapping[str, str] | None = None,
-        *,
-        queues: Mapping[str, QueueConfig] | None = None,
-        clock: Callable[[], float] = time.time,
-        synchronous: Synchronous = "FULL",
-        max_batch: int = 1024,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        busy_timeout: float = 10.0,
-    ) -> None:
-        self.path = Path(path)
-        self.queues: dict[str, QueueConfig] = (
-            dict(queues) if queues is not None else queue_configs(routes, queue_settings)
-        )
-        self.clock = clock
-        self._writer = LocalQueueStore(
-            self.path, self.queues, clock=clock, synchronous=synchronous, busy_timeout=busy_timeout
-        )
-        self._reader = LocalQueueStore(
-            self.path, self.queues, clock=clock, synchronous="NORMAL", busy_timeout=busy_timeout
-        )
-        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="relaybus-queue-writer")
-        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="relaybus-queue-reader")
-        self._max_batch = max_batch
-        self._max_bytes = max_message_bytes
-        self._pending: list[_Pending] = []
-        self._wakeup = asyncio.Event()
-        self._arrivals = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._closed = False
-        self.stored = 0
-        self.duplicates = 0
-        self.batches = 0
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Create or open the file now (otherwise the first operation does), off the event loop."""
-        await self._on_writer(self._writer.open)
-        await self._on_reader(self._reader.open)
-
-    async def close(self) -> None:
-        """Finish the sends already accepted, then close both connections."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wakeup.set()
-        if self._writer_task is not None:
-            await self._writer_task
-        try:
-            await self._on_writer(self._writer.close)
-            await self._on_reader(self._reader.close)
-        finally:
-            self._write_pool.shutdown(wait=False)
-            self._read_pool.shutdown(wait=False)
-
-    async def __aenter__(self) -> LocalQueueBackend:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    # -- QueueBackend --------------------------------------------------------------------------------
-
-    async def send(self, message: QueueMessage) -> None:
-        """Return once the message is committed to disk (or was a duplicate within the window)."""
-        await self._enqueue(message, None)
-
-    async def schedule(self, message: QueueMessage, available_at: datetime) -> None:
-        """Store a message that becomes available at `available_at` (Service Bus scheduled messages)."""
-        await self._enqueue(message, available_at.timestamp())
-
-    async def _enqueue(self, message: QueueMessage, available_at: float | None) -> None:
-        self._check(message)
-        if self._closed:
-            raise TransientPublishError(f"local queue {self.path} is closed (message {message.message_id})")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(message, available_at, future))
-        if self._writer_task is None:
-            self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="local-queue-writer")
-        self._wakeup.set()
-        await future
-
-    def _check(self, message: QueueMessage) -> None:
-        check_message(self.queues, message, self._max_bytes)
-
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        batch: list[_Pending] = []
-        try:
-            while True:
-                if not self._pending:
-                    if self._closed:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                items = [(p.message, p.available_at) for p in batch]
-                try:
-                    results = await loop.run_in_executor(self._write_pool, self._writer.send_batch, items)
-                except Exception as exc:
-                    log.warning("local queue commit failed path=%s messages=%d error=%s", self.path, len(batch), exc)
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(_publish_error(exc, self.path, p.message))
-                    batch = []
-                    continue
-                self.batches += 1
-                for p, stored in zip(batch, results, strict=True):
-                    if stored:
-                        self.stored += 1
-                    else:
-                        self.duplicates += 1
-                        log.debug("duplicate dropped queue=%s message_id=%s", p.message.queue, p.message.message_id)
-                    if not p.future.done():
-                        p.future.set_result(stored)
-                batch = []
-                if any(results):
-                    self._arrivals.set()
-                    self._arrivals.clear()
-        finally:
-            # Only on cancellation (loop teardown): nothing still waiting may believe it is durable.
-            for p in [*batch, *self._pending]:
-                if not p.future.done():
-                    p.future.set_exception(
-                        TransientPublishError(f"local queue writer stopped ({p.message.message_id})")
-                    )
-            self._pending.clear()
-
-    # -- receiver API (used by the local functions host) ----------------------------------------------
-
-    async def wait_for_messages(self, max_wait: float) -> None:
-        """Return when this process committed new messages, or after `max_wait` seconds (poll)."""
-        try:
-            await asyncio.wait_for(self._arrivals.wait(), max_wait)
-        except TimeoutError:
-            return
-
-    async def receive(self, queue: str, max_messages: int = 1) -> list[StoredMessage]:
-        return await self._on_reader(self._reader.receive, queue, max_messages)
-
-    async def accept_next_session(self, queue: str) -> SessionLease | None:
-        return await self._on_reader(self._reader.accept_next_session, queue)
-
-    async def accept_session(self, queue: str, session_id: str) -> SessionLease | None:
-        return await self._on_reader(self._reader.accept_session, queue, session_id)
-
-    async def receive_from_session(self, lease: SessionLease) -> StoredMessage | None:
-        return await self._on_reader(self._reader.receive_from_session, lease)
-
-    async def renew_session_lock(self, lease: SessionLease) -> float:
-        return await self._on_reader(self._reader.renew_session_lock, lease)
-
-    async def release_session(self, lease: SessionLease) -> None:
-        await self._on_reader(self._reader.release_session, lease)
-
-    async def complete(self, lock_token: str) -> None:
-        await self._on_reader(self._reader.complete, lock_token)
-
-    async def abandon(self, lock_token: str) -> Disposition:
-        return await self._on_reader(self._reader.abandon, lock_token)
-
-    async def dead_letter(self, lock_token: str, reason: str, description: str = "") -> None:
-        await self._on_reader(self._reader.dead_letter, lock_token, reason, description)
-
-    async def renew_lock(self, lock_token: str) -> float:
-        return await self._on_reader(self._reader.renew_lock, lock_token)
-
-    async def stats(self) -> list[QueueStats]:
-        return await self._on_reader(self._reader.stats)
-
-    async def peek(self, queue: str | None = None, limit: int | None = 10) -> list[StoredMessage]:
-        return await self._on_reader(self._reader.peek, queue, limit)
-
-    async def dead_letters(self, queue: str | None = None) -> list[StoredMessage]:
-        return await self._on_reader(self._reader.dead_letters, queue)
-
-    async def resubmit(self, queue: str | None = None, message_id: str | None = None) -> int:
-        return await self._on_reader(self._reader.resubmit, queue, message_id)
-
-    async def _on_reader(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_pool, functools.partial(fn, *args, **kwargs))
-
-    async def _on_writer(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._write_pool, functools.partial(fn, *args, **kwargs))
-
-
-def _publish_error(exc: Exception, path: Path, message: QueueMessage) -> PublishError:
-    what = f"local queue {path}: {type(exc).__name__}: {exc} (message {message.message_id})"
-    if isinstance(exc, PublishError):
-        return type(exc)(what)
-    if isinstance(exc, sqlite3.OperationalError):
-        # busy beyond busy_timeout, disk full, I/O error: worth retrying
-        return TransientPublishError(what)
-    return PermanentPublishError(what)

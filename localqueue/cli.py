@@ -1,4 +1,4 @@
-"""`python -m worker queue …`: inspect the local queue file, also while `dev` is running.
+"""`python -m localqueue …` (also `python -m worker queue …`): inspect the local queue file, also while it is in use.
 
     queue stats [--json]                                  counts per queue
     queue peek [QUEUE] [-n N]                             the next N messages (no lock taken), JSON lines
@@ -7,8 +7,11 @@
     queue deadletter resubmit [QUEUE] (--message-id ID | --all)
 
 `--path` (before or after the subcommand) picks the file; the default is RELAYBUS_LOCAL_QUEUE_PATH
-(environment or `.env`), else `.relaybus/queue.db`. Exit codes: 0 ok, 1 no queue file or a command
-failed, 2 usage error (including an unknown queue name).
+(environment or `.env`), else whichever of `.relaybus/queue.db` (`python -m worker run`) and
+`.relaybus/dev-queue.db` (`make dev`) exists (the newer one when both do, said on stderr). A file that
+is not a relaybus queue (empty, another SQLite database, not SQLite) is refused and left unchanged.
+Exit codes: 0 ok, 1 no queue file, not a queue, or a command failed, 2 usage error (including an unknown
+queue name).
 
 JSON lines hold message_id, session_id, application_properties, delivery_count, enqueued_at and the
 body (as JSON when it parses, else as text), plus queue, sequence_number and state.
@@ -26,9 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from shared.queueing.local import LocalQueueError, LocalQueueStore, StoredMessage, StoreMissingError
+from localqueue.store import LocalQueueError, LocalQueueStore, NotAQueueError, StoredMessage, StoreMissingError
+from shared.config import environment
 
 DEFAULT_PATH = Path(".relaybus/queue.db")
+DEV_PATH = Path(".relaybus/dev-queue.db")
+DEFAULT_CANDIDATES = (DEFAULT_PATH, DEV_PATH)
 PATH_SETTING = "RELAYBUS_LOCAL_QUEUE_PATH"
 
 
@@ -87,10 +93,13 @@ def run_queue_command(args: argparse.Namespace, out: TextIO | None = None, err: 
             return _dispatch(args, store, queue, stdout, stderr)
     except StoreMissingError:
         print(
-            f"relaybus queue: no local queue at {path}: start `python -m worker dev` (or `run` with the local "
+            f"relaybus queue: no local queue at {path}: start `make dev` (or `python -m worker run` with the local "
             f"backend), or point --path / {PATH_SETTING} at the file",
             file=stderr,
         )
+        return 1
+    except NotAQueueError as exc:
+        print(f"relaybus queue: {exc}", file=stderr)
         return 1
     except (LocalQueueError, sqlite3.Error) as exc:
         print(f"relaybus queue: {path}: {exc}", file=stderr)
@@ -100,19 +109,23 @@ def run_queue_command(args: argparse.Namespace, out: TextIO | None = None, err: 
         return 0
 
 
-def resolve_path(args: argparse.Namespace) -> Path:
-    """--path, else RELAYBUS_LOCAL_QUEUE_PATH from the environment (or the --env-file), else the default."""
+def resolve_path(args: argparse.Namespace, err: TextIO | None = None) -> Path:
+    """--path, else RELAYBUS_LOCAL_QUEUE_PATH (environment or --env-file), else the default file that exists."""
     given = getattr(args, "path", None)
     if given is not None:
         return Path(given)
-    env: dict[str, str] = {}
     env_file = getattr(args, "env_file", None)
-    if env_file is not None:
-        from worker.settings import load_dotenv
-
-        env.update(load_dotenv(Path(env_file)))
-    env.update(os.environ)
-    return Path(env.get(PATH_SETTING) or DEFAULT_PATH)
+    env = environment(dotenv=Path(env_file) if env_file is not None else None)
+    if env.get(PATH_SETTING):
+        return Path(env[PATH_SETTING])
+    existing = [p for p in DEFAULT_CANDIDATES if p.is_file()]
+    if not existing:
+        return DEFAULT_PATH
+    if len(existing) > 1:
+        existing.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        others = ", ".join(str(p) for p in existing[1:])
+        print(f"relaybus queue: reading {existing[0]} (the newest; also {others}: choose with --path)", file=err)
+    return existing[0]
 
 
 def _dispatch(args: argparse.Namespace, store: LocalQueueStore, queue: str | None, out: TextIO, err: TextIO) -> int:
@@ -232,8 +245,8 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m worker.queue_cli …` (the same commands without the `queue` word)."""
-    parser = argparse.ArgumentParser(prog="python -m worker.queue_cli")
+    """`python -m localqueue …` (the same commands as `python -m worker queue …`, without the `queue` word)."""
+    parser = argparse.ArgumentParser(prog="python -m localqueue")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_queue_parser(subparsers)
     args = parser.parse_args(["queue", *(sys.argv[1:] if argv is None else argv)])

@@ -10,6 +10,7 @@
     isSessionsEnabled = route.sessions
 
 Each function parses the body into an `Envelope` and dispatches to the bot's handlers.
+This module is the one place that decides how a message is settled.
 
 Settlement (what the host does with the message):
 - the handler returns → the host completes the message;
@@ -29,11 +30,12 @@ import weakref
 
 import azure.functions as func
 
-from shared.dispatch import Bot, Context, ReplyClients
+from functions.bot import Bot
+from functions.context import Context, ReplyClients
+from functions.settings import FunctionSettings
 from shared.envelope import Envelope
 from shared.errors import DeadLetterError, InvalidEnvelopeError, RecipientGone, UnsafeReplyTarget
 from shared.routes import ROUTES, Route, RouteTable
-from shared.settings import FunctionSettings
 
 log = logging.getLogger(__name__)
 
@@ -138,4 +140,4 @@ async def process_message(
             message_id,
             exc,
         )
-        raise DeadLetterError(type(exc).__name__, str(exc)) from exc
+        raise DeadLetterError(exc.reason, str(exc)) from exc

@@ -9,33 +9,13 @@ returns normally for an envelope it did not store.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.envelope import Envelope
+from shared.queue_message import QueueMessage, build_message
 from shared.routes import ROUTES, Route, RouteTable
 
-
-@dataclass(frozen=True, slots=True)
-class QueueMessage:
-    """A backend-neutral outbound message: what Service Bus and the local queue both store."""
-
-    queue: str
-    message_id: str
-    body: bytes
-    session_id: str | None = None
-    application_properties: Mapping[str, str] = field(default_factory=dict)
-
-
-def build_message(envelope: Envelope, route: Route, queue_name: str | None = None) -> QueueMessage:
-    """Pure: the message for an envelope on a route (MessageId = dedupe key, SessionId on session queues)."""
-    return QueueMessage(
-        queue=queue_name or route.queue,
-        message_id=envelope.message_id,
-        body=envelope.to_body(),
-        session_id=route.session_id(envelope),
-        application_properties=envelope.application_properties(),
-    )
+__all__ = ["EnvelopePublisher", "Publisher", "QueueBackend", "QueueMessage", "build_message"]
 
 
 class QueueBackend(Protocol):

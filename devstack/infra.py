@@ -1,4 +1,4 @@
-"""`python -m worker infra generate|check`: files rendered from the route table (`shared.routes.ROUTES`).
+"""`python -m devstack infra generate|check`: files rendered from the route table (`shared.routes.ROUTES`).
 
 Two files are generated so that the deployed queues and the local emulator's queues cannot drift from
 the route table:
@@ -89,7 +89,7 @@ def queue_entry(route: Route, ttl: timedelta = DEFAULT_MESSAGE_TTL) -> dict[str,
 
 def render_queues(routes: RouteTable = ROUTES) -> dict[str, Any]:
     return {
-        "$comment": "Generated from shared/routes.py by `python -m worker infra generate`; do not edit.",
+        "$comment": "Generated from shared/routes.py by `python -m devstack infra generate`; do not edit.",
         "queues": [queue_entry(route) for route in routes],
     }
 
@@ -186,7 +186,7 @@ def check_files(root: Path = REPO_ROOT, routes: RouteTable = ROUTES) -> list[str
     for relative, expected in render_files(routes).items():
         path = root / relative
         if not path.is_file():
-            problems.append(f"{relative}: missing (run `python -m worker infra generate`)")
+            problems.append(f"{relative}: missing (run `python -m devstack infra generate`)")
             continue
         actual = path.read_text(encoding="utf-8")
         if actual != expected:
@@ -200,8 +200,8 @@ def check_files(root: Path = REPO_ROOT, routes: RouteTable = ROUTES) -> list[str
     return problems
 
 
-def add_infra_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `infra generate|check` on the worker CLI (dispatched to `run_infra_command`)."""
+def add_infra_parser(subparsers: Any) -> None:
+    """Register `infra generate|check` on the dev stack CLI (dispatched to `run_infra_command`)."""
     infra = subparsers.add_parser("infra", help="generate or check infra/queues.json and the emulator Config.json")
     infra_sub = infra.add_subparsers(dest="infra_command", required=True, metavar="{generate,check}")
     for name, text in (
@@ -224,7 +224,7 @@ def run_infra_command(args: argparse.Namespace) -> int:
     problems = check_files(root)
     if problems:
         _print_lines(problems, file=sys.stderr)
-        print("relaybus: run `python -m worker infra generate` and commit the result", file=sys.stderr)
+        print("relaybus: run `python -m devstack infra generate` and commit the result", file=sys.stderr)
         return 1
     print("infra files match the route table")
     return 0
@@ -236,8 +236,8 @@ def _print_lines(lines: Iterable[str], file: TextIO | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point: `python -m worker.infra_cli generate|check`."""
-    parser = argparse.ArgumentParser(prog="python -m worker.infra_cli")
+    """Standalone entry point: `python -m devstack.infra generate|check`."""
+    parser = argparse.ArgumentParser(prog="python -m devstack.infra")
     sub = parser.add_subparsers(dest="command", required=True)
     add_infra_parser(sub)
     return run_infra_command(parser.parse_args(["infra", *(sys.argv[1:] if argv is None else argv)]))

@@ -14,6 +14,9 @@ raises `SlackApiError` carrying Slack's error code. The token is never logged.
     └── SlackReplyGone                the reply can never land (channel gone or archived, bot not in the
                                       channel, response_url or trigger expired); also a `RecipientGone`,
                                       so the function completes its message with a warning
+    ResponseUrlNotAllowed (UnsafeReplyTarget)
+                                      a response_url that is not https on an allowed host: the message is
+                                      dead-lettered with reason `UnsafeReplyTarget` (nothing is posted)
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from shared.errors import ConfigurationError, RecipientGone, RelaybusError
-from shared.settings import FunctionSettings
+from functions.settings import DEFAULT_RESPONSE_URL_HOSTS, FunctionSettings
+from shared.errors import ConfigurationError, RecipientGone, RelaybusError, UnsafeReplyTarget
+from shared.urls import split
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,27 @@ def api_error(method: str, error: str, response: Mapping[str, Any] | None = None
     return cls(method, error, response)
 
 
+class ResponseUrlNotAllowed(UnsafeReplyTarget):
+    """A response_url off the allowlist (or not https): never posted to, the message is dead-lettered."""
+
+
+def check_response_url(url: object, allowed_hosts: Sequence[str], allow_loopback: bool = False) -> str:
+    """`url` when it is https on an allowed host (or, in sandbox mode, any loopback URL); else refused."""
+    parts = split(url)
+    if parts is None:
+        raise ResponseUrlNotAllowed(f"response_url {str(url)[:80]!r} is not a URL")
+    if allow_loopback and parts.loopback and parts.scheme in ("http", "https"):
+        return str(url)
+    if parts.scheme != "https" or parts.port not in (None, 443) or parts.has_credentials:
+        raise ResponseUrlNotAllowed(f"response_url on {parts.scheme}://{parts.host} is not https on the default port")
+    if parts.host not in allowed_hosts:
+        allowed = ", ".join(allowed_hosts)
+        raise ResponseUrlNotAllowed(
+            f"response_url host {parts.host!r} is not allowed (SLACK_RESPONSE_URL_ALLOWED_HOSTS: {allowed})"
+        )
+    return str(url)
+
+
 class SlackRateLimitedError(SlackApiError):
     def __init__(self, method: str, retry_after: float) -> None:
         super().__init__(method, "ratelimited")
@@ -77,7 +102,11 @@ class SlackWebClient:
         max_retries: int = 3,
         max_retry_after: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        response_url_hosts: Sequence[str] = DEFAULT_RESPONSE_URL_HOSTS,
+        allow_loopback_response_urls: bool = False,
     ) -> None:
+        self.response_url_hosts = tuple(response_url_hosts)
+        self.allow_loopback_response_urls = allow_loopback_response_urls
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         self._api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._client = client or httpx.AsyncClient(timeout=timeout)
@@ -90,7 +119,13 @@ class SlackWebClient:
     def from_settings(cls, settings: FunctionSettings, client: httpx.AsyncClient | None = None) -> SlackWebClient:
         if settings.slack_bot_token is None:
             raise ConfigurationError("SLACK_BOT_TOKEN", "is required to reply on Slack (a bot token, xoxb-...)")
-        return cls(settings.slack_bot_token, api_url=settings.slack_api_url, client=client)
+        return cls(
+            settings.slack_bot_token,
+            api_url=settings.slack_api_url,
+            client=client,
+            response_url_hosts=settings.response_url_hosts,
+            allow_loopback_response_urls=settings.sandbox,
+        )
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -151,7 +186,10 @@ class SlackWebClient:
         delete_original: bool | None = None,
         **extra: Any,
     ) -> None:
-        """POST to a `response_url` (slash commands, actions: 5 posts within 30 minutes). No token."""
+        """POST to a `response_url` (slash commands, actions: 5 posts within 30 minutes). No token.
+
+        The URL must be https on an allowed host (`ResponseUrlNotAllowed` otherwise: nothing is sent)."""
+        url = check_response_url(response_url, self.response_url_hosts, self.allow_loopback_response_urls)
         body = _without_none(
             {
                 "text": text,
@@ -162,7 +200,7 @@ class SlackWebClient:
                 **extra,
             }
         )
-        await self._post("response_url", response_url, body, authorized=False)
+        await self._post("response_url", url, body, authorized=False)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         """Any Web API method with a JSON body (None values dropped). Returns the reply on `ok: true`."""

@@ -35,7 +35,7 @@ HTTP control endpoints (for `dev` and for a sandbox running in another process):
 - `GET {api_url}_sandbox/stats`, `GET {api_url}_sandbox/replies`,
   `POST {api_url}_sandbox/disconnect` `{"reason":…}`, `POST {api_url}_sandbox/reset`.
 
-Run alone: `python -m worker.sandbox.slack [--port 8765]`.
+Run alone: `python -m devstack.sandbox.slack [--port 8765]`.
 """
 
 from __future__ import annotations

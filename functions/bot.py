@@ -1,0 +1,249 @@
+"""Handler registration and dispatch (the function side).
+
+Users register handlers with decorators on a `Bot` (see `handlers/`):
+
+    @bot.slack.event("app_mention")          # Events API, by event type
+    @bot.slack.command("/ticket")            # slash commands
+    @bot.slack.action("ack_button")          # block_actions, by action_id
+    @bot.slack.view("ticket_modal")          # view_submission / view_closed, by callback_id
+    @bot.slack.shortcut("open_ticket")       # global and message shortcuts, by callback_id
+    @bot.teams.message                       # Teams message activities
+    @bot.teams.activity("conversationUpdate")
+    @bot.teams.invoke("adaptiveCard/action")
+
+A handler is `async def handler(ctx: Context) -> None`. Several handlers may listen to the same key:
+they run in registration order. Exceptions propagate so that Service Bus redelivers; raise
+`DeadLetterError` for a message that can never succeed. An envelope no handler wants is logged and
+completed.
+
+`Bot.discover(package)` imports every module of a package (`handlers/`), so a new module is found
+without editing a list; a module that cannot be imported is one `HandlerLoadError` line naming the
+file and the line, not a traceback through the rest of the bot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from functions.context import Context
+from shared.envelope import Envelope, Kind, Platform
+from shared.errors import RelaybusError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Context], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+
+class HandlerLoadError(RelaybusError):
+    """A module under the handlers package could not be imported; the message names the file and line."""
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], list[Handler]] = {}
+
+    def add(self, group: str, key: str, handler: Handler) -> None:
+        self._handlers.setdefault((group, key), []).append(handler)
+
+    def get(self, group: str, key: str | None) -> list[Handler]:
+        if key is None:
+            return []
+        return self._handlers.get((group, key), [])
+
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self._handlers)
+
+    def listeners(self) -> list[tuple[str, str, Handler]]:
+        return [(group, key, h) for (group, key), handlers in sorted(self._handlers.items()) for h in handlers]
+
+
+class SlackHandlers:
+    def __init__(self) -> None:
+        self._registry = _Registry()
+
+    def _register(self, group: str, key: str) -> Callable[[H], H]:
+        def decorator(handler: H) -> H:
+            self._registry.add(group, key, handler)
+            return handler
+
+        return decorator
+
+    def event(self, event_type: str) -> Callable[[H], H]:
+        return self._register("event", event_type)
+
+    def command(self, command: str) -> Callable[[H], H]:
+        if not command.startswith("/"):
+            raise ValueError("slash commands start with '/'")
+        return self._register("command", command)
+
+    def action(self, action_id: str) -> Callable[[H], H]:
+        return self._register("action", action_id)
+
+    def view(self, callback_id: str) -> Callable[[H], H]:
+        return self._register("view", callback_id)
+
+    def shortcut(self, callback_id: str) -> Callable[[H], H]:
+        return self._register("shortcut", callback_id)
+
+    def find(self, envelope: Envelope) -> list[Handler]:
+        payload = envelope.payload
+        if envelope.kind is Kind.EVENTS_API:
+            event = payload.get("event")
+            return self._registry.get("event", event.get("type") if isinstance(event, dict) else None)
+        if envelope.kind is Kind.SLASH_COMMANDS:
+            return self._registry.get("command", _str(payload.get("command")))
+        if envelope.kind is Kind.INTERACTIVE:
+            kind = payload.get("type")
+            if kind == "block_actions":
+                found: list[Handler] = []
+                for action in payload.get("actions") or []:
+                    if isinstance(action, dict):
+                        handlers = self._registry.get("action", _str(action.get("action_id")))
+                        found.extend(h for h in handlers if h not in found)
+                return found
+            if kind in ("view_submission", "view_closed"):
+                view = payload.get("view")
+                return self._registry.get("view", _str(view.get("callback_id")) if isinstance(view, dict) else None)
+            if kind in ("shortcut", "message_action"):
+                return self._registry.get("shortcut", _str(payload.get("callback_id")))
+        return []
+
+    def registered(self) -> list[tuple[str, str]]:
+        return self._registry.keys()
+
+    def listeners(self) -> list[tuple[str, str, Handler]]:
+        return self._registry.listeners()
+
+
+class TeamsHandlers:
+    def __init__(self) -> None:
+        self._registry = _Registry()
+
+    def message(self, handler: H) -> H:
+        self._registry.add("activity", "message", handler)
+        return handler
+
+    def activity(self, activity_type: str) -> Callable[[H], H]:
+        def decorator(handler: H) -> H:
+            self._registry.add("activity", activity_type, handler)
+            return handler
+
+        return decorator
+
+    def invoke(self, name: str) -> Callable[[H], H]:
+        def decorator(handler: H) -> H:
+            self._registry.add("invoke", name, handler)
+            return handler
+
+        return decorator
+
+    def find(self, envelope: Envelope) -> list[Handler]:
+        activity = envelope.payload
+        if envelope.kind is Kind.INVOKE or activity.get("type") == "invoke":
+            return self._registry.get("invoke", _str(activity.get("name")))
+        return self._registry.get("activity", _str(activity.get("type")))
+
+    def registered(self) -> list[tuple[str, str]]:
+        return self._registry.keys()
+
+    def listeners(self) -> list[tuple[str, str, Handler]]:
+        return self._registry.listeners()
+
+
+class Bot:
+    """The handler registry the function app dispatches into."""
+
+    def __init__(self) -> None:
+        self.slack = SlackHandlers()
+        self.teams = TeamsHandlers()
+
+    def find(self, envelope: Envelope) -> list[Handler]:
+        if envelope.platform is Platform.SLACK:
+            return self.slack.find(envelope)
+        if envelope.platform in (Platform.TEAMS, Platform.DIRECTLINE):
+            return self.teams.find(envelope)
+        return []
+
+    async def dispatch(self, ctx: Context) -> bool:
+        """Run the handlers for `ctx.envelope` in registration order; False when no handler wants it."""
+        handlers = self.find(ctx.envelope)
+        if not handlers:
+            log.info(
+                "no handler for platform=%s kind=%s event_type=%s dedupe_key=%s: completing",
+                ctx.envelope.platform,
+                ctx.envelope.kind,
+                ctx.envelope.event_type,
+                ctx.envelope.dedupe_key,
+            )
+            return False
+        for handler in handlers:
+            await handler(ctx)
+        return True
+
+    def discover(self, package: str) -> list[str]:
+        """Import every module of `package` (its handlers register themselves); returns their names.
+
+        Raises `HandlerLoadError` naming the file (and line) of the first module that cannot be imported."""
+        root = importlib.import_module(package)
+        found: list[str] = []
+        for info in sorted(pkgutil.iter_modules(getattr(root, "__path__", [])), key=lambda m: m.name):
+            if info.name.startswith("_"):
+                continue
+            name = f"{package}.{info.name}"
+            if name not in sys.modules:
+                try:
+                    importlib.import_module(name)
+                except Exception as exc:
+                    raise HandlerLoadError(_where(exc, name)) from None
+            found.append(name)
+        return found
+
+    def describe(self) -> Mapping[str, list[tuple[str, str]]]:
+        """What is registered (for the dev banner and tests)."""
+        return {"slack": self.slack.registered(), "teams": self.teams.registered()}
+
+    def listeners(self) -> list[str]:
+        """One line per listener, `platform group key -> module.function`, in registration order per key."""
+        lines = []
+        for platform, handlers in (("slack", self.slack), ("teams", self.teams)):
+            for group, key, handler in handlers.listeners():
+                lines.append(f"{platform} {group} {key} -> {handler.__module__}.{handler.__qualname__}")
+        return lines
+
+
+def describe(bot: Bot) -> Mapping[str, list[tuple[str, str]]]:
+    return bot.describe()
+
+
+def _where(exc: Exception, module: str) -> str:
+    """`handlers/foo.py line 3: NameError: name 'x' is not defined` for the frame inside the module."""
+    filename = module.replace(".", "/") + ".py"
+    line: int | None = None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        filename, line = _relative(exc.filename), exc.lineno
+    else:
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if frame.filename.replace("\\", "/").endswith(filename):
+                line = frame.lineno
+                break
+    at = f" line {line}" if line else ""
+    return f"cannot load handlers: {filename}{at}: {type(exc).__name__}: {exc}"
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

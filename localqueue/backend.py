@@ -1,0 +1,265 @@
+"""`LocalQueueBackend`: the local queue for asyncio, group-committed durable sends and a receiver API.
+
+Disk I/O never runs on the event loop: sends go to one writer thread, receives and settlements to one
+reader thread, each with its own `LocalQueueStore` connection. See `localqueue.store` for the
+semantics and the durability argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from localqueue.store import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Disposition,
+    LocalQueueStore,
+    QueueConfig,
+    QueueStats,
+    SessionLease,
+    StoredMessage,
+    Synchronous,
+    check_message,
+    queue_configs,
+)
+from shared.errors import PermanentPublishError, PublishError, TransientPublishError
+from shared.queue_message import QueueMessage
+from shared.routes import ROUTES, RouteTable
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: QueueMessage
+    available_at: float | None
+    future: asyncio.Future[bool]
+
+
+class LocalQueueBackend:
+    """The local queue as a `QueueBackend` (group-committed durable sends) with an async receiver API.
+
+    `LocalQueueBackend(path, routes, queue_settings)` configures one queue per route (queue names
+    from `queue_settings`, the app settings such as `SLACK_EVENTS_QUEUE`); `queues=` replaces that
+    with explicit configurations (tests use short lock durations this way).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        routes: RouteTable = ROUTES,
+        queue_settings: Mapping[str, str] | None = None,
+        *,
+        queues: Mapping[str, QueueConfig] | None = None,
+        clock: Callable[[], float] = time.time,
+        synchronous: Synchronous = "FULL",
+        max_batch: int = 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self.queues: dict[str, QueueConfig] = (
+            dict(queues) if queues is not None else queue_configs(routes, queue_settings)
+        )
+        self.clock = clock
+        self._writer = LocalQueueStore(
+            self.path, self.queues, clock=clock, synchronous=synchronous, busy_timeout=busy_timeout
+        )
+        self._reader = LocalQueueStore(
+            self.path, self.queues, clock=clock, synchronous="NORMAL", busy_timeout=busy_timeout
+        )
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="relaybus-queue-writer")
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="relaybus-queue-reader")
+        self._max_batch = max_batch
+        self._max_bytes = max_message_bytes
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._arrivals = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.stored = 0
+        self.duplicates = 0
+        self.batches = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or open the file now (otherwise the first operation does), off the event loop."""
+        await self._on_writer(self._writer.open)
+        await self._on_reader(self._reader.open)
+
+    async def close(self) -> None:
+        """Finish the sends already accepted, then close both connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.set()
+        if self._writer_task is not None:
+            await self._writer_task
+        try:
+            await self._on_writer(self._writer.close)
+            await self._on_reader(self._reader.close)
+        finally:
+            self._write_pool.shutdown(wait=False)
+            self._read_pool.shutdown(wait=False)
+
+    async def __aenter__(self) -> LocalQueueBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- QueueBackend --------------------------------------------------------------------------------
+
+    async def send(self, message: QueueMessage) -> None:
+        """Return once the message is committed to disk (or was a duplicate within the window)."""
+        await self._enqueue(message, None)
+
+    async def schedule(self, message: QueueMessage, available_at: datetime) -> None:
+        """Store a message that becomes available at `available_at` (Service Bus scheduled messages)."""
+        await self._enqueue(message, available_at.timestamp())
+
+    async def _enqueue(self, message: QueueMessage, available_at: float | None) -> None:
+        self._check(message)
+        if self._closed:
+            raise TransientPublishError(f"local queue {self.path} is closed (message {message.message_id})")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(message, available_at, future))
+        if self._writer_task is None:
+            self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="local-queue-writer")
+        self._wakeup.set()
+        await future
+
+    def _check(self, message: QueueMessage) -> None:
+        check_message(self.queues, message, self._max_bytes)
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[_Pending] = []
+        try:
+            while True:
+                if not self._pending:
+                    if self._closed:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                items = [(p.message, p.available_at) for p in batch]
+                try:
+                    results = await loop.run_in_executor(self._write_pool, self._writer.send_batch, items)
+                except Exception as exc:
+                    log.warning("local queue commit failed path=%s messages=%d error=%s", self.path, len(batch), exc)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(_publish_error(exc, self.path, p.message))
+                    batch = []
+                    continue
+                self.batches += 1
+                for p, stored in zip(batch, results, strict=True):
+                    if stored:
+                        self.stored += 1
+                    else:
+                        self.duplicates += 1
+                        log.debug("duplicate dropped queue=%s message_id=%s", p.message.queue, p.message.message_id)
+                    if not p.future.done():
+                        p.future.set_result(stored)
+                batch = []
+                if any(results):
+                    self._arrivals.set()
+                    self._arrivals.clear()
+        finally:
+            # Only on cancellation (loop teardown): nothing still waiting may believe it is durable.
+            for p in [*batch, *self._pending]:
+                if not p.future.done():
+                    p.future.set_exception(
+                        TransientPublishError(f"local queue writer stopped ({p.message.message_id})")
+                    )
+            self._pending.clear()
+
+    # -- receiver API (used by the local functions host) ----------------------------------------------
+
+    async def wait_for_messages(self, max_wait: float) -> None:
+        """Return when this process committed new messages, or after `max_wait` seconds (poll)."""
+        try:
+            await asyncio.wait_for(self._arrivals.wait(), max_wait)
+        except TimeoutError:
+            return
+
+    async def receive(self, queue: str, max_messages: int = 1) -> list[StoredMessage]:
+        return await self._on_reader(self._reader.receive, queue, max_messages)
+
+    async def accept_next_session(self, queue: str) -> SessionLease | None:
+        return await self._on_reader(self._reader.accept_next_session, queue)
+
+    async def accept_session(self, queue: str, session_id: str) -> SessionLease | None:
+        return await self._on_reader(self._reader.accept_session, queue, session_id)
+
+    async def receive_from_session(self, lease: SessionLease) -> StoredMessage | None:
+        return await self._on_reader(self._reader.receive_from_session, lease)
+
+    async def renew_session_lock(self, lease: SessionLease) -> float:
+        return await self._on_reader(self._reader.renew_session_lock, lease)
+
+    async def release_session(self, lease: SessionLease) -> None:
+        await self._on_reader(self._reader.release_session, lease)
+
+    async def complete(self, lock_token: str) -> None:
+        await self._on_reader(self._reader.complete, lock_token)
+
+    async def abandon(self, lock_token: str) -> Disposition:
+        return await self._on_reader(self._reader.abandon, lock_token)
+
+    async def dead_letter(self, lock_token: str, reason: str, description: str = "") -> None:
+        await self._on_reader(self._reader.dead_letter, lock_token, reason, description)
+
+    async def renew_lock(self, lock_token: str) -> float:
+        return await self._on_reader(self._reader.renew_lock, lock_token)
+
+    async def stats(self) -> list[QueueStats]:
+        return await self._on_reader(self._reader.stats)
+
+    async def peek(self, queue: str | None = None, limit: int | None = 10) -> list[StoredMessage]:
+        return await self._on_reader(self._reader.peek, queue, limit)
+
+    async def dead_letters(self, queue: str | None = None) -> list[StoredMessage]:
+        return await self._on_reader(self._reader.dead_letters, queue)
+
+    async def resubmit(self, queue: str | None = None, message_id: str | None = None) -> int:
+        return await self._on_reader(self._reader.resubmit, queue, message_id)
+
+    async def _on_reader(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, functools.partial(fn, *args, **kwargs))
+
+    async def _on_writer(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_pool, functools.partial(fn, *args, **kwargs))
+
+
+def _publish_error(exc: Exception, path: Path, message: QueueMessage) -> PublishError:
+    what = f"local queue {path}: {type(exc).__name__}: {exc} (message {message.message_id})"
+    if isinstance(exc, PublishError):
+        return type(exc)(what)
+    if isinstance(exc, sqlite3.OperationalError):
+        # busy beyond busy_timeout, disk full, I/O error: worth retrying
+        return TransientPublishError(what)
+    return PermanentPublishError(what)

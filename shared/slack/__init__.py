@@ -1,1 +1,0 @@
-"""Slack Web API reply client used by functions."""

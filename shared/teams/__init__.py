@@ -1,1 +1,0 @@
-"""Bot Connector reply client used by functions."""
