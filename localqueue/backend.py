@@ -3,6 +3,13 @@
 Disk I/O never runs on the event loop: sends go to one writer thread, receives and settlements to one
 reader thread, each with its own `LocalQueueStore` connection. See `localqueue.store` for the
 semantics and the durability argument.
+
+`close()` is bounded by `close_timeout` (the worker passes RELAYBUS_SHUTDOWN_TIMEOUT_SECONDS): it lets
+the writer commit the sends already accepted for at most that long. A commit still not done then (stuck
+on a lock another process holds, a stalled disk) is given up: its sends and any still pending raise
+`TransientPublishError`, so nothing is acked that is not durable (if the stuck commit lands later, the
+platform's redelivery is a duplicate the next run drops). The threads are not waited for; each closes its
+connection when its current operation ends.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import ParamSpec, TypeVar
 from localqueue.store import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Disposition,
+    LocalQueueError,
     LocalQueueStore,
     QueueConfig,
     QueueStats,
@@ -68,7 +76,10 @@ class LocalQueueBackend:
         max_batch: int = 1024,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         busy_timeout: float = 10.0,
+        close_timeout: float = 20.0,
     ) -> None:
+        if close_timeout < 0:
+            raise ValueError(f"close_timeout must be at least 0, got {close_timeout}")
         self.path = Path(path)
         self.queues: dict[str, QueueConfig] = (
             dict(queues) if queues is not None else queue_configs(routes, queue_settings)
@@ -88,7 +99,10 @@ class LocalQueueBackend:
         self._wakeup = asyncio.Event()
         self._arrivals = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
+        self._in_flight: list[_Pending] = []
         self._closed = False
+        self._close_timeout = close_timeout
+        self._stop_reason = "local queue writer stopped"
         self.stored = 0
         self.duplicates = 0
         self.batches = 0
@@ -96,21 +110,54 @@ class LocalQueueBackend:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create or open the file now (otherwise the first operation does), off the event loop."""
-        await self._on_writer(self._writer.open)
-        await self._on_reader(self._reader.open)
+        """Create or open the file now (otherwise the first operation does), off the event loop.
+
+        Raises `PermanentPublishError` when the file is not a queue or cannot be created (the worker
+        stops with that message) and `TransientPublishError` when SQLite is busy or failing."""
+        try:
+            await self._on_writer(self._writer.open)
+            await self._on_reader(self._reader.open)
+        except (LocalQueueError, sqlite3.Error, OSError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            what = f"local queue: {detail}" if str(self.path) in detail else f"local queue {self.path}: {detail}"
+            if isinstance(exc, sqlite3.OperationalError):
+                raise TransientPublishError(what) from None
+            raise PermanentPublishError(what) from None
 
     async def close(self) -> None:
-        """Finish the sends already accepted, then close both connections."""
+        """Finish the sends already accepted (for at most `close_timeout` seconds), then close.
+
+        Sends not committed by then raise `TransientPublishError`; see the module docstring."""
         if self._closed:
             return
         self._closed = True
         self._wakeup.set()
-        if self._writer_task is not None:
-            await self._writer_task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
+        task = self._writer_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=self._close_timeout)
+            if not task.done():
+                waiting = len(self._pending) + len(self._in_flight)
+                log.warning(
+                    "local queue close timed out path=%s timeout=%.1fs uncommitted=%d: failing them (not acked)",
+                    self.path,
+                    self._close_timeout,
+                    waiting,
+                )
+                self._stop_reason = (
+                    f"local queue {self.path}: not committed within the {self._close_timeout:g}s close timeout"
+                )
+                task.cancel()
+                await asyncio.wait({task})  # the cancellation only runs the task's `finally`
         try:
-            await self._on_writer(self._writer.close)
-            await self._on_reader(self._reader.close)
+            for pool, store in ((self._write_pool, self._writer), (self._read_pool, self._reader)):
+                closing = asyncio.wrap_future(pool.submit(store.close))
+                _, busy = await asyncio.wait({closing}, timeout=max(0.0, deadline - loop.time()))
+                if busy:
+                    log.warning("local queue %s still busy at close: it closes when the operation ends", self.path)
+                else:
+                    closing.result()
         finally:
             self._write_pool.shutdown(wait=False)
             self._read_pool.shutdown(wait=False)
@@ -152,7 +199,6 @@ class LocalQueueBackend:
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        batch: list[_Pending] = []
         try:
             while True:
                 if not self._pending:
@@ -161,7 +207,7 @@ class LocalQueueBackend:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                batch = self._pending[: self._max_batch]
+                batch = self._in_flight = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 items = [(p.message, p.available_at) for p in batch]
                 try:
@@ -171,7 +217,7 @@ class LocalQueueBackend:
                     for p in batch:
                         if not p.future.done():
                             p.future.set_exception(_publish_error(exc, self.path, p.message))
-                    batch = []
+                    self._in_flight = []
                     continue
                 self.batches += 1
                 for p, stored in zip(batch, results, strict=True):
@@ -182,17 +228,17 @@ class LocalQueueBackend:
                         log.debug("duplicate dropped queue=%s message_id=%s", p.message.queue, p.message.message_id)
                     if not p.future.done():
                         p.future.set_result(stored)
-                batch = []
+                self._in_flight = []
                 if any(results):
                     self._arrivals.set()
                     self._arrivals.clear()
         finally:
-            # Only on cancellation (loop teardown): nothing still waiting may believe it is durable.
-            for p in [*batch, *self._pending]:
+            # Only on cancellation (close timed out, loop teardown): nothing still waiting may believe
+            # it is durable.
+            for p in [*self._in_flight, *self._pending]:
                 if not p.future.done():
-                    p.future.set_exception(
-                        TransientPublishError(f"local queue writer stopped ({p.message.message_id})")
-                    )
+                    p.future.set_exception(TransientPublishError(f"{self._stop_reason} ({p.message.message_id})"))
+            self._in_flight = []
             self._pending.clear()
 
     # -- receiver API (used by the local functions host) ----------------------------------------------

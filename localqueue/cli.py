@@ -1,20 +1,30 @@
 """`python -m localqueue …` (also `python -m worker queue …`): inspect the local queue file, also while it is in use.
 
-    queue stats [--json]                                  counts per queue
-    queue peek [QUEUE] [-n N]                             the next N messages (no lock taken), JSON lines
-    queue dump [QUEUE]                                    every message not dead-lettered, JSON lines
-    queue deadletter list [QUEUE]                         dead-lettered messages with reason, JSON lines
-    queue deadletter resubmit [QUEUE] (--message-id ID | --all)
+    stats [--json]                                  counts per queue: a table, or one JSON object per line
+    peek [QUEUE] [-n N]                             the next N messages per queue (no lock taken), JSON lines
+    dump [QUEUE]                                    every message not dead-lettered, JSON lines
+    deadletter list [QUEUE]                         dead-lettered messages with reason, JSON lines
+    deadletter resubmit [QUEUE] (--message-id ID | --all)
 
 `--path` (before or after the subcommand) picks the file; the default is RELAYBUS_LOCAL_QUEUE_PATH
-(environment or `.env`), else whichever of `.relaybus/queue.db` (`python -m worker run`) and
-`.relaybus/dev-queue.db` (`make dev`) exists (the newer one when both do, said on stderr). A file that
-is not a relaybus queue (empty, another SQLite database, not SQLite) is refused and left unchanged.
-Exit codes: 0 ok, 1 no queue file, not a queue, or a command failed, 2 usage error (including an unknown
-queue name).
+(environment or `.env`, or `--env-file`), else whichever of `.relaybus/queue.db` (`python -m worker run`)
+and `.relaybus/dev-queue.db` (`make dev`) exists (the newer one when both do, said on stderr). A file that
+is not a relaybus queue (a directory, an empty file, another SQLite database, not SQLite) is refused and
+left unchanged. Exit codes: 0 ok, 1 no queue file, not a queue, or a command failed, 2 usage error
+(including an unknown queue name and an unreadable `.env`).
+
+`stats` prints a table, columns separated by two spaces, numbers right-aligned, one row per queue in
+name order; every cell is one word (`sessions` is `yes` or `no`), so `awk` can pick columns:
+
+    queue              sessions  active  scheduled  locked  dead-lettered  total
+    slack-events       no             2          0       0              1      3
+
+`stats --json` prints one object per queue: queue, sessions (bool), active, scheduled, locked,
+dead_lettered, total, sessions_locked (sessions held by a consumer now).
 
 JSON lines hold message_id, session_id, application_properties, delivery_count, enqueued_at and the
-body (as JSON when it parses, else as text), plus queue, sequence_number and state.
+body (as JSON when it parses, else as text: invalid UTF-8 bytes as `\\xNN`), plus queue,
+sequence_number and state.
 """
 
 from __future__ import annotations
@@ -29,31 +39,59 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from localqueue.store import LocalQueueError, LocalQueueStore, NotAQueueError, StoredMessage, StoreMissingError
+from localqueue.store import (
+    LocalQueueError,
+    LocalQueueStore,
+    NotAQueueError,
+    QueueStats,
+    StoredMessage,
+    StoreMissingError,
+)
 from shared.config import environment
+from shared.errors import ConfigurationError
+from shared.redact import redact
 
 DEFAULT_PATH = Path(".relaybus/queue.db")
 DEV_PATH = Path(".relaybus/dev-queue.db")
 DEFAULT_CANDIDATES = (DEFAULT_PATH, DEV_PATH)
 PATH_SETTING = "RELAYBUS_LOCAL_QUEUE_PATH"
+COMMANDS = "{stats,peek,dump,deadletter}"
+_DESCRIPTION = "Inspect relaybus' local queue file (also while the worker or `make dev` uses it)."
+_EPILOG = f"""\
+the file: --path, else ${PATH_SETTING} (environment or .env),
+else whichever of {DEFAULT_PATH} (python -m worker run) and {DEV_PATH}
+(make dev) exists, the newer one when both do. A file that is not a relaybus queue
+is refused and left unchanged.
+
+exit codes: 0 ok, 1 no queue file, not a queue or the command failed, 2 usage error"""
 
 
 def add_queue_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `queue` on an argparse subparsers object (the `python -m worker` CLI)."""
-    path_option = argparse.ArgumentParser(add_help=False)
-    path_option.add_argument(
-        "--path", type=Path, default=argparse.SUPPRESS, help=f"queue file (default ${PATH_SETTING} or {DEFAULT_PATH})"
-    )
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "queue", help="inspect the local queue: stats, peek, dump, deadletter list|resubmit"
+        "queue",
+        help="inspect the local queue: stats, peek, dump, deadletter list|resubmit",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--path", type=Path, default=None, help=f"queue file (default ${PATH_SETTING} or {DEFAULT_PATH})"
-    )
-    actions = parser.add_subparsers(dest="queue_command", required=True, metavar="{stats,peek,dump,deadletter}")
+    add_queue_commands(parser)
+    parser.set_defaults(func=run_queue_command)
+    return parser
 
-    stats = actions.add_parser("stats", parents=[path_option], help="message counts per queue")
-    stats.add_argument("--json", action="store_true", help="one JSON object per queue")
+
+def add_queue_commands(parser: argparse.ArgumentParser) -> None:
+    """Add `--path` and the stats, peek, dump and deadletter commands to `parser`."""
+    path_help = f"queue file (default ${PATH_SETTING}, else {DEFAULT_PATH} or {DEV_PATH}, whichever exists)"
+    path_option = argparse.ArgumentParser(add_help=False)
+    path_option.add_argument("--path", type=Path, default=argparse.SUPPRESS, metavar="FILE", help=path_help)
+    parser.add_argument("--path", type=Path, default=None, metavar="FILE", help=path_help)
+    actions = parser.add_subparsers(
+        dest="queue_command", required=True, metavar=COMMANDS, prog=parser.prog, title="commands"
+    )
+
+    stats = actions.add_parser("stats", parents=[path_option], help="message counts per queue (a table)")
+    stats.add_argument("--json", action="store_true", help="one JSON object per queue instead of the table")
 
     peek = actions.add_parser("peek", parents=[path_option], help="the next messages, without locking them")
     peek.add_argument("queue", nargs="?", help="queue name (default: every queue)")
@@ -62,7 +100,7 @@ def add_queue_parser(subparsers: Any) -> argparse.ArgumentParser:
     dump = actions.add_parser("dump", parents=[path_option], help="every message not dead-lettered, JSON lines")
     dump.add_argument("queue", nargs="?", help="queue name (default: every queue)")
 
-    dead = actions.add_parser("deadletter", help="the dead-letter sub-queues")
+    dead = actions.add_parser("deadletter", help="the dead-letter sub-queues: list, resubmit")
     dead_actions = dead.add_subparsers(dest="deadletter_command", required=True, metavar="{list,resubmit}")
     dead_list = dead_actions.add_parser("list", parents=[path_option], help="dead-lettered messages, JSON lines")
     dead_list.add_argument("queue", nargs="?", help="queue name (default: every queue)")
@@ -74,15 +112,16 @@ def add_queue_parser(subparsers: Any) -> argparse.ArgumentParser:
     which.add_argument("--message-id", help="resubmit the message with this MessageId")
     which.add_argument("--all", action="store_true", help="resubmit every dead-lettered message")
 
-    parser.set_defaults(func=run_queue_command)
-    return parser
-
 
 def run_queue_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a parsed `queue` command; returns the exit code."""
     stdout = out or sys.stdout
     stderr = err or sys.stderr
-    path = resolve_path(args)
+    try:
+        path = resolve_path(args, stderr)
+    except ConfigurationError as exc:  # an unreadable .env
+        print(f"relaybus queue: {redact(str(exc))}", file=stderr)
+        return 2
     try:
         with LocalQueueStore(path, create=False) as store:
             queue = getattr(args, "queue", None)
@@ -122,10 +161,19 @@ def resolve_path(args: argparse.Namespace, err: TextIO | None = None) -> Path:
     if not existing:
         return DEFAULT_PATH
     if len(existing) > 1:
-        existing.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        existing.sort(key=_last_written, reverse=True)
         others = ", ".join(str(p) for p in existing[1:])
         print(f"relaybus queue: reading {existing[0]} (the newest; also {others}: choose with --path)", file=err)
     return existing[0]
+
+
+def _last_written(path: Path) -> float:
+    """When the queue last changed: in WAL mode a commit touches `-wal`, the main file only at checkpoints."""
+    times = [path.stat().st_mtime]
+    wal = Path(f"{path}-wal")
+    if wal.is_file():
+        times.append(wal.stat().st_mtime)
+    return max(times)
 
 
 def _dispatch(args: argparse.Namespace, store: LocalQueueStore, queue: str | None, out: TextIO, err: TextIO) -> int:
@@ -177,10 +225,17 @@ def describe(message: StoredMessage) -> dict[str, Any]:
 
 
 def _body(body: bytes) -> Any:
+    """The body as JSON when it is strict JSON that prints back as UTF-8, else as text (bad bytes as \\xNN)."""
     try:
-        return json.loads(body)
-    except ValueError:
+        value = json.loads(body, parse_constant=_not_json)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # too deep, or lone surrogates: show as text
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
         return body.decode("utf-8", errors="backslashreplace")
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _iso(epoch: float) -> str:
@@ -189,7 +244,10 @@ def _iso(epoch: float) -> str:
 
 def _lines(out: TextIO, records: Iterable[dict[str, Any]]) -> None:
     for record in records:
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except UnicodeEncodeError:  # an output encoding that is not UTF-8: escape instead
+            out.write(json.dumps(record) + "\n")
     out.flush()
 
 
@@ -213,11 +271,19 @@ def _stats(store: LocalQueueStore, out: TextIO, *, as_json: bool) -> None:
             ),
         )
         return
-    header = ("queue", "sessions", "active", "scheduled", "locked", "dead-lettered", "total")
-    table = [header] + [
+    out.write(format_stats(rows))
+    out.flush()
+
+
+STATS_HEADER = ("queue", "sessions", "active", "scheduled", "locked", "dead-lettered", "total")
+
+
+def format_stats(rows: Sequence[QueueStats]) -> str:
+    """The `stats` table: a header and one row per queue, two spaces apart, numbers right-aligned."""
+    table = [STATS_HEADER] + [
         (
             s.queue,
-            f"yes ({s.sessions_locked} held)" if s.sessions else "no",
+            "yes" if s.sessions else "no",
             str(s.active),
             str(s.scheduled),
             str(s.locked),
@@ -226,10 +292,13 @@ def _stats(store: LocalQueueStore, out: TextIO, *, as_json: bool) -> None:
         )
         for s in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    widths = [max(len(row[i]) for row in table) for i in range(len(STATS_HEADER))]
+    lines = []
     for row in table:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
-    out.flush()
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip() + "\n")
+    return "".join(lines)
 
 
 def _positive_int(text: str) -> int:
@@ -245,11 +314,19 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m localqueue …` (the same commands as `python -m worker queue …`, without the `queue` word)."""
-    parser = argparse.ArgumentParser(prog="python -m localqueue")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_queue_parser(subparsers)
-    args = parser.parse_args(["queue", *(sys.argv[1:] if argv is None else argv)])
+    """`python -m localqueue …`: the same commands as `python -m worker queue …`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m localqueue",
+        usage=f"%(prog)s {COMMANDS} ... [--path FILE] [--env-file FILE]",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--env-file", type=Path, default=Path(".env"), metavar="FILE", help="optional KEY=VALUE file (default .env)"
+    )
+    add_queue_commands(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return run_queue_command(args)
 
 

@@ -42,8 +42,16 @@ Semantics, per queue (`QueueConfig`, built from the route table's `Route`):
 Inspection (`stats`, `peek`, `messages`, `dead_letters`, `resubmit`) works on any store file; it first
 applies pending lock expiries so that the figures are current.
 
+Files that are not queues: a store never writes into a file that is not a relaybus queue. Opening
+checks the file first (`check_store_file`, read-only: no byte of it and no `-wal`/`-shm` next to it
+changes) and raises `NotAQueueError` for a directory, an empty file (when not creating), a file that is
+not SQLite, or another application's SQLite database. A queue file carries `PRAGMA application_id`
+"RBLQ"; one written by an earlier version (id 0, relaybus' tables) opens and gets the id. Creating
+(`create=True`) also accepts an SQLite database with no schema at all (what a crash during the very first
+open leaves).
+
 Errors: `LocalQueueError` (a `RelaybusError`) and its subclasses `QueueNotFoundError`,
-`LockLostError`, `StoreMissingError`. Sends raise `PermanentPublishError` (unknown queue, no SessionId
+`LockLostError`, `StoreMissingError`, `NotAQueueError`. Sends raise `PermanentPublishError` (unknown queue, no SessionId
 on a session queue, too large) or `TransientPublishError` (SQLite busy, disk full, backend closed).
 """
 
@@ -75,6 +83,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x52424C51
 """`PRAGMA application_id` of a relaybus queue file ("RBLQ"); files of earlier versions carry 0."""
 _QUEUE_TABLES = frozenset({"queues", "messages", "dedupe", "sessions"})
+_MESSAGE_COLUMNS = frozenset({"seq", "queue", "message_id", "session_id", "properties", "body", "state"})
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 """Service Bus Standard tier's message size limit."""
@@ -322,10 +331,13 @@ class LocalQueueStore:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
+        if self.path.exists() and not self.path.is_file():
+            what = "a directory" if self.path.is_dir() else "not a regular file"
+            raise NotAQueueError(f"{self.path} is {what}, not a relaybus queue file")
         if self._create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_file() and self.path.stat().st_size > 0:
-                check_store_file(self.path)  # never turn someone else's database into a queue
+                check_store_file(self.path, creating=True)  # never turn someone else's database into a queue
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         else:
             if not self.path.is_file():
@@ -343,8 +355,12 @@ class LocalQueueStore:
                     raise LocalQueueError(f"{self.path} has schema {version}, newer than this code ({SCHEMA_VERSION})")
                 for statement in _SCHEMA:
                     tx.execute(statement)
-                tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                # Set only when different: a write here would touch the file on every open, and an
+                # inspection that changes nothing should leave the file (and its mtime) alone.
+                if version != SCHEMA_VERSION:
+                    tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                if tx.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                    tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 if self._given is not None:
                     tx.executemany(
                         "INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?, ?)",
@@ -706,35 +722,54 @@ class LocalQueueStore:
         )
 
 
-def check_store_file(path: Path) -> None:
+def check_store_file(path: Path, *, creating: bool = False) -> None:
     """Raise `NotAQueueError` unless `path` is a relaybus queue file. Read-only: changes nothing.
 
     A queue file is an SQLite database with relaybus' application id (or, written by an earlier
-    version, id 0 with relaybus' tables and schema version)."""
-    if path.stat().st_size == 0:
-        raise NotAQueueError(f"{path} is an empty file, not a relaybus queue")
+    version, id 0 with relaybus' tables and schema version). With `creating`, a database with no
+    schema at all (application id and user version 0, no tables) is accepted too: the store is
+    about to initialise it, and there is nothing in it to lose.
+
+    Nothing is written, not even the `-wal` and `-shm` files a read-only SQLite connection to a WAL
+    database creates: when neither exists, no connection has the file open and the main file is the
+    whole database, so it is read with `immutable=1` (no locks, no side files)."""
     try:
+        if not path.is_file():
+            raise NotAQueueError(f"{path} is not a regular file, not a relaybus queue")
+        if path.stat().st_size == 0:
+            raise NotAQueueError(f"{path} is an empty file, not a relaybus queue")
         with path.open("rb") as f:
             header = f.read(16)
     except OSError as exc:
-        raise NotAQueueError(f"{path} cannot be read: {exc.strerror}") from None
+        raise NotAQueueError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if header != b"SQLite format 3\x00":
-        raise NotAQueueError(f"{path} is not an SQLite database, so not a relaybus queue")
-    uri = path.resolve().as_uri() + "?mode=ro"
+        raise NotAQueueError(f"{path} is not an SQLite database, so not a relaybus queue; left unchanged")
+    side_files = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm", "-journal"))
+    uri = path.resolve().as_uri() + ("?mode=ro" if side_files else "?mode=ro&immutable=1")
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=2.0, isolation_level=None)
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
         finally:
             conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise NotAQueueError(f"{path} cannot be read as a relaybus queue: {exc}") from None
-    if app_id == APPLICATION_ID or (app_id == 0 and tables >= _QUEUE_TABLES and version >= 1):
+    except sqlite3.Error as exc:
+        raise NotAQueueError(f"{path} cannot be read as a relaybus queue ({exc}); left unchanged") from None
+    if app_id == APPLICATION_ID:
         return
-    what = "another application's SQLite database" if app_id not in (0, APPLICATION_ID) else "an SQLite database"
-    raise NotAQueueError(f"{path} is {what} without relaybus' queue tables: not a relaybus queue, left unchanged")
+    if app_id == 0 and tables >= _QUEUE_TABLES and columns >= _MESSAGE_COLUMNS and version >= 1:
+        return  # written by an earlier version
+    if creating and app_id == 0 and version == 0 and not tables:
+        return  # a blank database, e.g. left by a crash before the schema's first commit
+    if app_id != 0:
+        raise NotAQueueError(
+            f"{path} is another application's SQLite database (application_id {app_id:#x}): "
+            "not a relaybus queue, left unchanged"
+        )
+    what = "an SQLite database with no tables" if not tables else "an SQLite database without relaybus' queue tables"
+    raise NotAQueueError(f"{path} is {what}: not a relaybus queue, left unchanged")
 
 
 def check_message(
@@ -763,6 +798,18 @@ def _load_queues(tx: sqlite3.Connection) -> dict[str, QueueConfig]:
     }
 
 
+def _properties(raw: Any, seq: Any, queue: Any) -> dict[str, str]:
+    """The stored application properties; a row another tool wrote badly reads as {} (and a warning)."""
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        log.warning("message seq=%s queue=%s: application properties are not a JSON object, read as {}", seq, queue)
+        return {}
+    return {str(k): v if isinstance(v, str) else compact(v) for k, v in value.items()}
+
+
 def _message(row: Any) -> StoredMessage:
     (queue, seq, message_id, session_id, properties, body, enqueued_at, visible_at, delivery_count, state) = row[:10]
     (lock_token, locked_until, dl_reason, dl_description, dl_at) = row[10:]
@@ -771,8 +818,8 @@ def _message(row: Any) -> StoredMessage:
         sequence_number=int(seq),
         message_id=str(message_id),
         session_id=None if session_id is None else str(session_id),
-        application_properties=json.loads(str(properties)),
-        body=bytes(body),
+        application_properties=_properties(properties, seq, queue),
+        body=body if isinstance(body, bytes) else str(body).encode(),
         enqueued_at=float(enqueued_at),
         available_at=float(visible_at),
         delivery_count=int(delivery_count),

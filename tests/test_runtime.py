@@ -9,7 +9,7 @@ import httpx
 from shared.errors import TransientPublishError
 from tests.factories import slack_event
 from worker.connector import FatalConnectorError
-from worker.handoff import Handoff
+from worker.handoff import Handoff, Verdict
 from worker.lifecycle import ConnectionStatus
 from worker.publish.memory import MemoryBackend
 from worker.runtime import Worker, queues_in_use
@@ -36,10 +36,13 @@ class ScriptedConnector:
         status.set("slack", "conn-1", ConnectionStatus.ONLINE)
         for i in range(self.count):
             env = slack_event(f"Ev{i}")
-            result = await self.handoff.hand_off(env, (env.dedupe_key,))
-            if result.ack:
-                self.acked.append(env.dedupe_key)
-                self.handoff.acked(env)
+
+            async def answer(verdict: Verdict, key: str = env.dedupe_key) -> bool:
+                if verdict.ack:
+                    self.acked.append(key)
+                return verdict.ack
+
+            await self.handoff.deliver(env, answer)
         self.online.set()
         await stopping.wait()
         status.set("slack", "conn-1", ConnectionStatus.ENDED)

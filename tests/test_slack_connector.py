@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from devstack.sandbox.slack import SlackSandbox
 from worker.connector import FatalConnectorError
 from worker.dedupe import DedupeWindow
-from worker.handoff import Handoff
+from worker.handoff import Breaker, Handoff
 from worker.lifecycle import ConnectionStatus
 from worker.metrics import Metrics
 from worker.publish import EnvelopePublisher
@@ -88,7 +88,9 @@ async def worker(
     settings = SlackSettings(**options)
     backend = backend or MemoryBackend()
     metrics = Metrics()
-    handoff = Handoff(EnvelopePublisher(backend), DedupeWindow(ttl=600), metrics)
+    handoff = Handoff(
+        EnvelopePublisher(backend), DedupeWindow(ttl=600), metrics, breaker=Breaker(base_pause=0.05, max_pause=0.2)
+    )
     connector = SlackConnector(settings, handoff, metrics)
     stopping = asyncio.Event()
     task = asyncio.create_task(connector.run(stopping))

@@ -174,7 +174,6 @@ async def test_invoke_goes_to_its_own_route_and_is_answered_with_an_empty_body(
         [message] = h.backend.all_messages()
         assert message.queue == "teams-invokes"
         assert message.application_properties["event_type"] == "adaptiveCard/action"
-        assert "synchronous invoke bodies are not supported yet" in caplog.text
 
 
 async def test_socket_dropped_mid_stream_loses_nothing_and_publishes_once() -> None:
@@ -253,7 +252,7 @@ async def test_failed_rotation_keeps_the_old_connection_serving() -> None:
 
 async def test_503_then_recovery() -> None:
     async with make_sandbox() as sandbox:
-        sandbox.fail_negotiate(503, times=2, retry_after=0)
+        sandbox.fail_negotiate(503, times=2, retry_after=0.3)
         async with running(sandbox, wait_sessions=0) as h:
             await h.until(lambda: h.statuses().get("amer") is ConnectionStatus.FAILED_TO_CONNECT, within=2)
             await sandbox.wait_sessions(1, within=3)
@@ -261,6 +260,42 @@ async def test_503_then_recovery() -> None:
             assert sandbox.stats["negotiate_503"] == 2
             await sandbox.send_user_message("recovered")
             await sandbox.wait_acked(1)
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_shipped_transient_503_or_429_honours_retry_after_not_the_slow_fallback(status: int) -> None:
+    # An outside run lost every activity to this: a 503 with Retry-After: 1 left the worker without a socket
+    # for 60 s. Only the draft contract's "not available" answer may select the slow fallback.
+    slow_fallback = replace(FAST, unavailable_retry=60.0, backoff_base=5.0, backoff_cap=15.0)
+    async with make_sandbox() as sandbox:
+        sandbox.fail_negotiate(status, times=1, retry_after=1, body="Service Unavailable")
+        started = time.monotonic()
+        async with running(sandbox, timings=slow_fallback, wait_sessions=0):
+            await sandbox.wait_sessions(1, within=5)
+            assert 0.9 <= time.monotonic() - started < 4
+            await sandbox.send_user_message("back")
+            await sandbox.wait_acked(1)
+
+
+async def test_shipped_503_without_retry_after_backs_off_with_jitter_up_to_15_s() -> None:
+    jitter = replace(FAST, unavailable_retry=60.0, backoff_base=0.1, backoff_cap=0.3)
+    async with make_sandbox() as sandbox:
+        sandbox.fail_negotiate(503, times=3)  # "Socket mode is not available." but on the shipped contract
+        started = time.monotonic()
+        async with running(sandbox, timings=jitter, wait_sessions=0):
+            await sandbox.wait_sessions(1, within=3)
+            assert time.monotonic() - started < 2
+
+
+async def test_draft_not_available_selects_the_slow_fallback() -> None:
+    slow = replace(FAST, unavailable_retry=30.0)
+    async with make_sandbox(contract="draft") as sandbox:
+        sandbox.fail_negotiate(503, times=1)
+        async with running(sandbox, timings=slow, wait_sessions=0) as h:
+            await h.until(lambda: h.statuses().get("slot1") is ConnectionStatus.FAILED_TO_CONNECT, within=2)
+            await asyncio.sleep(1.0)
+            assert not sandbox.live_sessions()  # still waiting for the slow retry
+            assert "not available" in next(c.detail for c in h.metrics.status.snapshot() if c.name == "slot1")
 
 
 async def test_401_is_terminal_and_names_the_credential() -> None:

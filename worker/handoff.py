@@ -1,18 +1,36 @@
-"""The one place where relaybus decides whether a platform envelope may be acknowledged.
+"""The one place where relaybus decides whether, and when, a platform envelope is acknowledged.
 
 The rule: **an envelope is acked to the platform only after `publish()` returned**, that is, once it
-is durable in its queue. Every connector (Slack, Teams, Direct Line) calls `Handoff.hand_off()` and
-acks if and only if the returned outcome says so:
+is durable in its queue. Connectors do not check results and remember to ack: they hand the handoff
+the action that answers the platform, and the handoff calls it, by construction, only with the verdict
+the rule allows, and counts what reached the platform:
 
-    outcome = await handoff.hand_off(envelope, keys)
-    if outcome.ack:
-        send the platform's ack
+    await handoff.deliver(envelope, answer, also=(envelope_id,), policy=AckPolicy.REDELIVERS)
 
-- NEW keys: publish; on success confirm the keys and ack; on failure release the keys and do not
-  ack, so the platform redelivers and the redelivery is published.
-- keys already published (DONE): ack and drop (a platform retry of something we already have).
+    async def answer(verdict: Verdict) -> bool:     # the connector's socket write
+        ... send the ack (verdict.ack) or the negative answer (not verdict.ack) ...
+        return True                                  # whether it reached the socket
+
+Dedupe keys, the same order for every platform: `envelope.dedupe_key` first (the platform-stable id that
+is also the Service Bus MessageId: Slack `event_id`, Teams `conversation.id/activity.id`), then the
+transport ids in `also` (the Slack `envelope_id`, the Teams `envelopeId`), so that a redelivery under a new
+transport id is still recognised.
+
+- NEW keys: publish; on success confirm the keys and answer ack; on failure release the keys and answer
+  nack (`AckPolicy.REDELIVERS`: the platform redelivers, and the redelivery is published), or keep the
+  envelope in the retry buffer until it is durable (`AckPolicy.KEEP_UNTIL_DURABLE`: the platform cannot
+  redeliver, as the Teams draft contract's one-way `activity`).
+- keys already published (DONE): answer ack and drop (a platform retry of something we already have).
 - keys being published by another connection (PENDING): wait for that publish. If it succeeds, ack
-  and drop; if it fails, do not ack: the platform will redeliver this copy too.
+  and drop; if it fails, nack: the platform will redeliver this copy too. (A kept envelope's copies are
+  dropped at once: the kept one will become durable.)
+
+When the queue backend keeps failing, a circuit breaker (`Breaker`) stops the spinning: after
+`threshold` consecutive failures it opens for a pause that doubles up to `max_pause`; while it is open
+no publish is attempted and connections stop reading new frames (`await handoff.admitting()`); hand-offs
+already under way wait for the pause to end, then one of them probes the backend while the others wait
+for its outcome. A platform that redelivers on a negative answer (Teams shipped) thus sees at most a few
+answers per pause instead of thousands per second; Slack simply does not get its acks.
 
 Invalid frames never get here: connectors reject them before building an envelope.
 """
@@ -22,12 +40,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from shared.envelope import Envelope
-from shared.errors import PublishError, RoutingError
+from shared.errors import PublishError, RoutingError, TransientPublishError
 from worker.dedupe import DedupeWindow, KeyState
 from worker.metrics import Metrics
 from worker.publish import Publisher
@@ -35,30 +55,129 @@ from worker.publish import Publisher
 log = logging.getLogger(__name__)
 
 
+class AckPolicy(Enum):
+    """What happens to an envelope whose publish failed."""
+
+    REDELIVERS = "redelivers"
+    """Answer nack (or nothing): the platform redelivers what was not acked (Slack, Teams shipped)."""
+    KEEP_UNTIL_DURABLE = "keep_until_durable"
+    """The platform cannot redeliver (Teams draft): keep it in memory and retry until it is durable."""
+
+
 class Outcome(Enum):
     PUBLISHED = "published"
     DUPLICATE = "duplicate"
     FAILED = "failed"
-
-    @property
-    def ack(self) -> bool:
-        """True when the platform may be acknowledged."""
-        return self is not Outcome.FAILED
+    KEPT = "kept"
+    """Not durable yet, held in the retry buffer (KEEP_UNTIL_DURABLE)."""
+    DROPPED = "dropped"
+    """Not durable and the retry buffer was full: lost (logged and counted loudly)."""
 
 
 @dataclass(frozen=True, slots=True)
-class HandoffResult:
+class Verdict:
+    """What a connector's answer action is told to send."""
+
+    ack: bool
+    """True: the envelope is durable (or a duplicate of a durable one): ack / status 200. False: nack."""
     outcome: Outcome
-    route: str | None = None
+    body: Any = None
+    """A synchronous response payload to carry in the ack (Slack `payload`, Teams invoke `body`)."""
     error: str | None = None
 
+
+Answer = Callable[[Verdict], Awaitable[bool]]
+"""The connector's action: send the verdict to the platform; True when it reached the socket."""
+
+
+async def _no_answer(_verdict: Verdict) -> bool:
+    return True
+
+
+class Breaker:
+    """A circuit breaker on the queue backend (pure state plus an event; the clock is passed in)."""
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        base_pause: float = 0.25,
+        max_pause: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.base_pause = base_pause
+        self.max_pause = max_pause
+        self._clock = clock
+        self.failures = 0
+        self.opened = 0
+        """How many times the breaker opened (for metrics and tests)."""
+        self.retry_at = 0.0
+        self._pause = base_pause
+        self._probe: asyncio.Future[bool] | None = None
+        self.closed = asyncio.Event()
+        self.closed.set()
+
     @property
-    def ack(self) -> bool:
-        return self.outcome.ack
+    def is_open(self) -> bool:
+        return not self.closed.is_set()
+
+    def success(self) -> None:
+        self.failures = 0
+        self._pause = self.base_pause
+        if not self.closed.is_set():
+            log.info("queue backend publishes again: circuit breaker closed")
+            self.closed.set()
+
+    def failure(self, probe: bool = False) -> None:
+        """A transient publish failure. Opens the breaker at `threshold` in a row; a failed probe doubles the
+        pause (up to `max_pause`); failures of publishes that were already under way change nothing more."""
+        self.failures += 1
+        if self.closed.is_set():
+            if self.failures < self.threshold:
+                return
+            self.opened += 1
+            self._pause = self.base_pause
+            log.warning(
+                "queue backend failed %d times in a row: pausing publishes for %.2f s (circuit breaker open)",
+                self.failures,
+                self._pause,
+            )
+        elif probe:
+            self._pause = min(self.max_pause, self._pause * 2)
+            log.warning("queue backend still failing: next probe in %.2f s", self._pause)
+        else:
+            return
+        self.retry_at = self._clock() + self._pause
+        self.closed.clear()
+
+    def remaining(self) -> float:
+        return max(0.0, self.retry_at - self._clock()) if self.is_open else 0.0
+
+    async def admit(self) -> bool | None:
+        """Wait while the breaker is open. True: go ahead; None: go ahead as the probe (report it with
+        `probe_done`); False: refused (the probe under way failed)."""
+        while not self.closed.is_set():
+            wait = self.remaining()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            probe = self._probe
+            if probe is not None and not probe.done():
+                if not await asyncio.shield(probe):
+                    return False
+                continue
+            self._probe = asyncio.get_running_loop().create_future()
+            return None
+        return True
+
+    def probe_done(self, ok: bool) -> None:
+        probe = self._probe
+        if probe is not None and not probe.done():
+            probe.set_result(ok)
 
 
 class Handoff:
-    """Dedupe, publish, decide the ack. Shared by every connection of every connector in a process."""
+    """Dedupe, publish, answer. Shared by every connection of every connector in a process."""
 
     def __init__(
         self,
@@ -66,19 +185,54 @@ class Handoff:
         dedupe: DedupeWindow | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        breaker: Breaker | None = None,
+        retry_buffer: int = 10_000,
     ) -> None:
         self._publisher = publisher
         self._dedupe = dedupe or DedupeWindow()
         self._metrics = metrics or Metrics()
         self._clock = clock
         self._waiters: dict[str, asyncio.Future[bool]] = {}
+        self.breaker = breaker or Breaker(clock=clock)
+        self.retry_buffer_size = retry_buffer
+        self._kept: OrderedDict[str, tuple[Envelope, tuple[str, ...]]] = OrderedDict()
+        self._kept_changed = asyncio.Event()
+        self.dropped = 0
 
     @property
     def metrics(self) -> Metrics:
         return self._metrics
 
-    async def hand_off(self, envelope: Envelope, keys: Sequence[str] = ()) -> HandoffResult:
-        keys = tuple(keys) or (envelope.dedupe_key,)
+    @property
+    def kept(self) -> int:
+        """Envelopes in the retry buffer (not durable yet)."""
+        return len(self._kept)
+
+    # --- for the connections' readers ---------------------------------------------------------------
+
+    def paused(self) -> bool:
+        """True while the breaker is open: readers should stop taking new frames (`await admitting()`)."""
+        return not self.breaker.closed.is_set() and self.breaker.remaining() > 0
+
+    async def admitting(self) -> None:
+        """Return when new envelopes may be read again (at once unless the breaker is open)."""
+        remaining = self.breaker.remaining() if self.breaker.is_open else 0.0
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+    # --- the rule --------------------------------------------------------------------------------------
+
+    async def deliver(
+        self,
+        envelope: Envelope,
+        answer: Answer = _no_answer,
+        *,
+        also: Sequence[str] = (),
+        policy: AckPolicy = AckPolicy.REDELIVERS,
+    ) -> Outcome:
+        """Apply the ack rule to one envelope; `answer` is called at most once, with the verdict."""
+        keys = (envelope.dedupe_key, *(k for k in also if k and k != envelope.dedupe_key))
         platform, kind = envelope.platform, envelope.kind  # StrEnums: usable as metric labels as they are
         metrics = self._metrics
         metrics.received(platform, kind)
@@ -86,53 +240,87 @@ class Handoff:
         if state is KeyState.DONE:
             metrics.duplicate(platform, kind)
             log.info("duplicate dropped platform=%s dedupe_key=%s", platform, envelope.dedupe_key)
-            return HandoffResult(Outcome.DUPLICATE)
+            await self._answer(envelope, answer, Verdict(True, Outcome.DUPLICATE))
+            return Outcome.DUPLICATE
         if state is KeyState.PENDING:
-            return await self._await_pending(envelope, keys)
+            if policy is AckPolicy.KEEP_UNTIL_DURABLE:
+                metrics.duplicate(platform, kind)
+                return Outcome.DUPLICATE
+            ok = await self._await_pending(keys)
+            if ok:
+                metrics.duplicate(platform, kind)
+                await self._answer(envelope, answer, Verdict(True, Outcome.DUPLICATE))
+                return Outcome.DUPLICATE
+            await answer(Verdict(False, Outcome.FAILED, error="a concurrent publish of the same event failed"))
+            return Outcome.FAILED
 
         self._dedupe.begin(keys)
+        error = await self._publish(envelope, keys)
+        if error is None:
+            await self._answer(envelope, answer, Verdict(True, Outcome.PUBLISHED))
+            return Outcome.PUBLISHED
+        if policy is AckPolicy.KEEP_UNTIL_DURABLE:
+            return self._keep(envelope, keys, error)
+        self._dedupe.release(keys)
+        self._settle(keys, ok=False)
+        await answer(Verdict(False, Outcome.FAILED, error=error))
+        return Outcome.FAILED
+
+    async def _answer(self, envelope: Envelope, answer: Answer, verdict: Verdict) -> None:
+        if await answer(verdict):
+            self._metrics.acked(envelope.platform, envelope.kind)
+
+    async def _publish(self, envelope: Envelope, keys: tuple[str, ...]) -> str | None:
+        """Publish through the breaker; None when durable (keys confirmed), else the error text."""
+        breaker = self.breaker
+        admitted = await breaker.admit() if breaker.is_open else True
+        if admitted is False:
+            return "the queue backend is failing (circuit breaker open)"
+        probing = admitted is None
         started = time.perf_counter()
+        platform, kind = envelope.platform, envelope.kind
         try:
             route = await self._publisher.publish(envelope)
         except (PublishError, RoutingError) as exc:
-            self._dedupe.release(keys)
-            self._settle(keys, ok=False)
-            metrics.failed(platform, kind, type(exc).__name__)
+            self._metrics.failed(platform, kind, type(exc).__name__)
+            if isinstance(exc, TransientPublishError):
+                was_open = breaker.is_open
+                breaker.failure(probe=probing)
+                if breaker.is_open and not was_open:
+                    self._metrics.breaker(True)
             log.warning(
-                "publish failed, not acking platform=%s dedupe_key=%s error=%s",
-                platform,
-                envelope.dedupe_key,
-                exc,
+                "publish failed, not acking platform=%s dedupe_key=%s error=%s", platform, envelope.dedupe_key, exc
             )
-            return HandoffResult(Outcome.FAILED, error=str(exc))
+            if probing:
+                breaker.probe_done(False)
+            return str(exc) or type(exc).__name__
         except BaseException:
             # Cancellation or a bug: the envelope is not known to be durable, so it must not be acked
             # and its keys must not block the redelivery.
+            if probing:
+                breaker.probe_done(False)
             self._dedupe.release(keys)
             self._settle(keys, ok=False)
             raise
+        if breaker.is_open:
+            self._metrics.breaker(False)
+        breaker.success()
+        if probing:
+            breaker.probe_done(True)
         self._dedupe.confirm(keys, self._clock())
         self._settle(keys, ok=True)
-        metrics.published(platform, route.name, time.perf_counter() - started)
-        return HandoffResult(Outcome.PUBLISHED, route=route.name)
+        self._metrics.published(platform, route.name, time.perf_counter() - started)
+        return None
 
-    def acked(self, envelope: Envelope) -> None:
-        """Connectors call this once the platform ack was sent (for the acked counter)."""
-        self._metrics.acked(envelope.platform, envelope.kind)
-
-    async def _await_pending(self, envelope: Envelope, keys: tuple[str, ...]) -> HandoffResult:
+    async def _await_pending(self, keys: tuple[str, ...]) -> bool:
         """Wait for the publish under way for one of these keys (its future is made on first demand)."""
         pending = self._dedupe.pending_key(keys)
-        ok = False
-        if pending is not None:
-            waiter = self._waiters.get(pending)
-            if waiter is None:
-                waiter = self._waiters[pending] = asyncio.get_running_loop().create_future()
-            ok = await asyncio.shield(waiter)
-        if ok:
-            self._metrics.duplicate(envelope.platform, envelope.kind)
-            return HandoffResult(Outcome.DUPLICATE)
-        return HandoffResult(Outcome.FAILED, error="a concurrent publish of the same event failed")
+        if pending is None:
+            return False
+        waiter = self._waiters.get(pending)
+        if waiter is None:
+            waiter = self._waiters[pending] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(waiter)
 
     def _settle(self, keys: tuple[str, ...], *, ok: bool) -> None:
         """Tell duplicates waiting on any of these keys how the publish ended."""
@@ -140,3 +328,72 @@ class Handoff:
             waiter = self._waiters.pop(key, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(ok)
+
+    # --- the retry buffer (KEEP_UNTIL_DURABLE) ---------------------------------------------------------
+
+    def _keep(self, envelope: Envelope, keys: tuple[str, ...], error: str) -> Outcome:
+        if len(self._kept) >= self.retry_buffer_size:
+            self._dedupe.release(keys)
+            self._settle(keys, ok=False)
+            self.dropped += 1
+            self._metrics.retry_buffer_dropped(envelope.platform)
+            log.error(
+                "RETRY BUFFER FULL (%d envelopes kept, RELAYBUS_PUBLISH_RETRY_BUFFER): envelope LOST, the platform "
+                "cannot redeliver it platform=%s dedupe_key=%s error=%s",
+                len(self._kept),
+                envelope.platform,
+                envelope.dedupe_key,
+                error,
+            )
+            return Outcome.DROPPED
+        self._kept[envelope.dedupe_key] = (envelope, keys)
+        self._metrics.set_retry_buffer(len(self._kept))
+        self._kept_changed.set()
+        log.warning(
+            "publish failed, envelope kept for retry (%d kept) platform=%s dedupe_key=%s error=%s",
+            len(self._kept),
+            envelope.platform,
+            envelope.dedupe_key,
+            error,
+        )
+        return Outcome.KEPT
+
+    async def retry_kept(self) -> None:
+        """Publish kept envelopes until cancelled (the worker runs this in its TaskGroup)."""
+        while True:
+            if not self._kept:
+                self._kept_changed.clear()
+                await self._kept_changed.wait()
+                continue
+            await self._retry_round()
+            if self._kept:
+                await asyncio.sleep(max(self.breaker.remaining(), self.breaker.base_pause))
+
+    async def flush(self, seconds: float) -> int:
+        """Try to make every kept envelope durable within `seconds`; returns how many are left."""
+        if not self._kept:
+            return 0
+        log.info("flushing %d kept envelopes (up to %.1f s)", len(self._kept), seconds)
+        try:
+            async with asyncio.timeout(seconds):
+                while self._kept:
+                    await self._retry_round()
+                    if self._kept:
+                        await asyncio.sleep(min(self.breaker.remaining() or self.breaker.base_pause, 1.0))
+        except TimeoutError:
+            pass
+        if self._kept:
+            log.error(
+                "%d kept envelopes could not be made durable before shutdown: LOST (the platform cannot redeliver)",
+                len(self._kept),
+            )
+        return len(self._kept)
+
+    async def _retry_round(self) -> None:
+        for key, (envelope, keys) in list(self._kept.items()):
+            error = await self._publish(envelope, keys)
+            if error is not None:
+                return  # still failing: wait for the next round
+            self._kept.pop(key, None)
+            self._metrics.set_retry_buffer(len(self._kept))
+            log.info("kept envelope is durable now platform=%s dedupe_key=%s", envelope.platform, key)

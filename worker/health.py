@@ -9,6 +9,7 @@ import json
 
 from aiohttp import web
 
+from shared.redact import redact
 from worker.metrics import Metrics
 
 
@@ -52,7 +53,13 @@ class HealthServer:
         body = {
             "ready": ready,
             "connections": [
-                {"platform": c.platform, "connection": c.name, "status": c.status.value, "detail": c.detail}
+                {
+                    "platform": c.platform,
+                    "connection": c.name,
+                    "status": c.status.value,
+                    "detail": redact(c.detail),
+                    "last_error": redact(c.last_error),
+                }
                 for c in status.snapshot()
             ],
         }

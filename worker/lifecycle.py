@@ -1,7 +1,11 @@
 """Connection lifecycle states, with the vocabulary Direct Line clients already use.
 
 Every connector keeps one `ConnectionStatus` per connection in a shared `StatusBoard`; each change is
-logged once and exported in /readyz and /metrics.
+logged once and exported in /readyz and /metrics. Details pass through the one redaction
+(`shared.redact`) as they are set, so no ticket or token from an exception text reaches /readyz or a log.
+
+Besides the current state, the board remembers each connection's last error (`last_error`: the detail of
+its last FailedToConnect or ExpiredToken), which the dev console and /readyz show.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import builtins
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+
+from shared.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ class ConnectionInfo:
     name: str
     status: ConnectionStatus
     detail: str = ""
+    last_error: str = ""
 
 
 class StatusBoard:
@@ -43,7 +50,11 @@ class StatusBoard:
         previous = self._entries.get(key)
         if previous is not None and previous.status is status and previous.detail == detail:
             return
-        self._entries[key] = ConnectionInfo(platform, name, status, detail)
+        detail = redact(detail) if detail else detail
+        last_error = previous.last_error if previous is not None else ""
+        if status in (ConnectionStatus.FAILED_TO_CONNECT, ConnectionStatus.EXPIRED_TOKEN):
+            last_error = detail or status.value
+        self._entries[key] = ConnectionInfo(platform, name, status, detail, last_error)
         old = previous.status.value if previous else ConnectionStatus.UNINITIALIZED.value
         log.info("connection %s/%s: %s -> %s%s", platform, name, old, status.value, f" ({detail})" if detail else "")
 

@@ -109,6 +109,23 @@ class Metrics:
         self._invalid = Counter(
             "relaybus_invalid_frames", "Frames rejected before becoming envelopes", ["platform", "reason"], registry=r
         )
+        self._dropped = Counter(
+            "relaybus_retry_buffer_dropped",
+            "Envelopes a platform cannot redeliver that were lost because the retry buffer was full",
+            ["platform"],
+            registry=r,
+        )
+        self._kept = Gauge(
+            "relaybus_retry_buffer_envelopes", "Envelopes kept in memory until durable (not redeliverable)", registry=r
+        )
+        self._breaker = Gauge(
+            "relaybus_publish_breaker_open",
+            "1 while publishes pause because the queue backend keeps failing",
+            registry=r,
+        )
+        self._breaker_opened = Counter(
+            "relaybus_publish_breaker_opened", "Times the publish circuit breaker opened", registry=r
+        )
         self._state = Gauge(
             "relaybus_connection_state",
             "1 for the current state of each connection",
@@ -136,6 +153,18 @@ class Metrics:
 
     def invalid(self, platform: str, reason: str) -> None:
         self._invalid.labels(platform, reason).inc()
+
+    def retry_buffer_dropped(self, platform: str) -> None:
+        self._dropped.labels(platform).inc()
+
+    def set_retry_buffer(self, kept: int) -> None:
+        self._kept.set(kept)
+
+    def breaker(self, is_open: bool) -> None:
+        """Called on each breaker transition."""
+        self._breaker.set(1 if is_open else 0)
+        if is_open:
+            self._breaker_opened.inc()
 
     def value(self, name: str, **labels: str) -> float:
         """Read one sample (for tests and the dev summary); 0 when absent."""

@@ -6,8 +6,11 @@
 
 `Worker.run(stopping)` holds everything until `stopping` is set (SIGTERM, Ctrl-C), then drains: the
 connectors stop reading and finish their in-flight publishes and acks within
-`RELAYBUS_SHUTDOWN_TIMEOUT_SECONDS`, then the backend flushes and closes. Anything not acked by then
-is redelivered by the platform.
+`RELAYBUS_SHUTDOWN_TIMEOUT_SECONDS`; envelopes the platform cannot redeliver that are still in the
+handoff's retry buffer get what is left of that time to become durable; then the backend flushes and
+closes (also bounded). Anything not acked by then is redelivered by the platform.
+
+Every background task (connectors, the retry buffer, the shutdown clock) belongs to the run's TaskGroup.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from shared.errors import PublishError
 from worker.connector import Connector, FatalConnectorError
 from worker.dedupe import DedupeWindow
-from worker.handoff import Handoff
+from worker.handoff import Breaker, Handoff
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.publish import EnvelopePublisher, QueueBackend
@@ -39,7 +42,11 @@ def build_backend(settings: WorkerSettings) -> QueueBackend:
     from localqueue import LocalQueueBackend
 
     settings.local_queue_path.parent.mkdir(parents=True, exist_ok=True)
-    return LocalQueueBackend(settings.local_queue_path, queue_settings=settings.queue_names)
+    return LocalQueueBackend(
+        settings.local_queue_path,
+        queue_settings=settings.queue_names,
+        close_timeout=settings.shutdown_timeout_seconds,
+    )
 
 
 def queues_in_use(settings: WorkerSettings) -> list[str]:
@@ -90,10 +97,17 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.backend = backend if backend is not None else build_backend(settings)
         self.publisher = EnvelopePublisher(self.backend, queue_settings=settings.queue_names)
-        self.handoff = Handoff(self.publisher, DedupeWindow(ttl=settings.dedupe_ttl_seconds), self.metrics)
+        self.handoff = Handoff(
+            self.publisher,
+            DedupeWindow(ttl=settings.dedupe_ttl_seconds),
+            self.metrics,
+            breaker=Breaker(threshold=settings.breaker_threshold, max_pause=settings.breaker_max_pause),
+            retry_buffer=settings.publish_retry_buffer,
+        )
         self.connectors = (
             list(connectors) if connectors is not None else build_connectors(settings, self.handoff, self.metrics)
         )
+        self._stopped_at: float | None = None
         self.health = (
             HealthServer(self.metrics, settings.platforms, settings.http_host, settings.http_port)
             if serve_http
@@ -119,12 +133,20 @@ class Worker:
                 self.settings.http_host,
                 self.health.port,
             )
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as group:
+                retry = group.create_task(self.handoff.retry_kept(), name="handoff-retry-buffer")
                 tasks = [group.create_task(self._run_one(c, stopping, result)) for c in self.connectors]
                 if tasks:
                     group.create_task(self._enforce_shutdown_timeout(stopping, tasks))
                     group.create_task(self._stop_when_all_failed(tasks, stopping))
+                    await asyncio.wait(tasks)
+                else:
+                    await stopping.wait()
+                retry.cancel()
+            left = self.settings.shutdown_timeout_seconds - (loop.time() - self._stop_started(loop))
+            await self.handoff.flush(max(1.0, left))
         finally:
             if self.health is not None:
                 self.health.stopping = True
@@ -144,8 +166,12 @@ class Worker:
                 "%s did not drain within %.0f s: cancelled", connector.platform, self.settings.shutdown_timeout_seconds
             )
 
+    def _stop_started(self, loop: asyncio.AbstractEventLoop) -> float:
+        return self._stopped_at if self._stopped_at is not None else loop.time()
+
     async def _enforce_shutdown_timeout(self, stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         await stopping.wait()
+        self._stopped_at = asyncio.get_running_loop().time()
         _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_seconds)
         for task in pending:
             task.cancel()

@@ -95,8 +95,3 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(value)) if value is not None else DEFAULT_RETRY_AFTER
     except ValueError:
         return DEFAULT_RETRY_AFTER
-
-
-def redact(url: str) -> str:
-    """A websocket URL without its query string (the ticket is a credential)."""
-    return url.split("?", 1)[0]

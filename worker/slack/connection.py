@@ -1,12 +1,14 @@
 """One Slack Socket Mode websocket: read frames, hand envelopes off, ack what `Handoff` says to ack.
 
 The connection only moves frames; parsing and ack building are in `worker.slack.protocol`, the ack
-decision in `worker.handoff`. The reader never waits for a publish: each envelope is handed off in its
-own task (at most `max_in_flight` at once; beyond that the reader pauses, which is the backpressure).
-Acks are queued to one writer task that sends everything queued meanwhile in a single socket write
-(still one websocket frame per ack, as Slack expects).
+decision in `worker.handoff` (`Handoff.deliver` calls this connection's answer action, which writes the
+ack: the connection never decides to ack by itself). The reader never waits for a publish: each envelope
+is handed off in its own task (at most `max_in_flight` at once; beyond that the reader pauses, which is
+the backpressure; it also pauses while the handoff's circuit breaker is open). Acks finished in one
+event-loop iteration go out in one socket write (`worker.wsio.FrameWriter`; still one websocket frame
+per ack, as Slack expects).
 
-Every task belongs to the connection's `TaskGroup` (reader, keepalive, ack writer, hand-offs); `run()` returns once
+Every task belongs to the connection's `TaskGroup` (reader, keepalive, hand-offs); `run()` returns once
 all of them finished. The connection ends when the socket closes, when the liveness watchdog sees no
 inbound traffic for `liveness_timeout` (a half-open socket: it is aborted), or when its owner calls
 `drain()` (stop reading, finish in-flight hand-offs and acks, close) or `abort()`.
@@ -19,14 +21,18 @@ import contextlib
 import logging
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
-from worker.handoff import Handoff
+from shared.redact import describe_exception, redact_url
+from worker.handoff import Handoff, Verdict
 from worker.metrics import Metrics
-from worker.slack.api import redact
 from worker.slack.protocol import Disconnect, EnvelopeFrame, Hello, Invalid, build_ack, parse_frame
 from worker.slack.settings import SlackSettings
-from worker.wsio import write_text_frames
+from worker.wsio import FrameWriter
+
+MAX_SIZE_FACTOR = 4
+"""The websocket refuses (close 1009) frames beyond this many times `max_frame_bytes`; frames between the
+two limits are read, counted as `oversized` and dropped while the socket stays up."""
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +70,7 @@ class SlackConnection:
         self._draining = False
         self._last_inbound = 0.0
         self._pong: asyncio.Future[float] | None = None
-        self._acks: list[EnvelopeFrame] = []
-        self._acks_ready = asyncio.Event()
-        self._acks_closed = False
+        self._writer: FrameWriter | None = None
 
     def __repr__(self) -> str:
         return f"<SlackConnection {self.id}>"
@@ -104,20 +108,20 @@ class SlackConnection:
                 open_timeout=s.open_timeout,
                 close_timeout=s.close_timeout,
                 ping_interval=None,  # our own keepalive below: its pongs feed the watchdog
-                max_size=None,  # the size limit is applied by parse_frame, so an oversized frame is counted
+                max_size=s.max_frame_bytes * MAX_SIZE_FACTOR,
                 max_queue=64,
                 compression=None,
             )
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            self.end_reason = f"websocket connect failed: {type(exc).__name__}: {exc}"
-            log.warning("slack connection %s: %s url=%s", self.id, self.end_reason, redact(self.url))
+        except Exception as exc:  # refused URL (bad scheme, port out of range), DNS, TLS, handshake, timeout
+            self.end_reason = f"websocket connect failed: {describe_exception(exc)}"
+            log.warning("slack connection %s: %s url=%s", self.id, self.end_reason, redact_url(self.url))
             return
         self._ws = ws
+        self._writer = FrameWriter(ws)
         loop = asyncio.get_running_loop()
         self._last_inbound = loop.time()
         try:
             async with asyncio.TaskGroup() as outer:
-                writer = outer.create_task(self._write_acks(ws), name=f"slack-acks-{self.id}")
                 keepalive = outer.create_task(self._keepalive(ws), name=f"slack-keepalive-{self.id}")
                 try:
                     async with asyncio.timeout(None) as drain_deadline, asyncio.TaskGroup() as tg:
@@ -125,7 +129,7 @@ class SlackConnection:
                         if self._draining:
                             self._reader.cancel()
                         await asyncio.wait([self._reader])
-                        # leaving this TaskGroup waits for in-flight hand-offs, within a bound
+                        # leaving this TaskGroup waits for in-flight hand-offs (and their acks), within a bound
                         drain_deadline.reschedule(loop.time() + s.drain_timeout)
                 except TimeoutError:
                     log.warning(
@@ -133,9 +137,6 @@ class SlackConnection:
                     )
                 finally:
                     keepalive.cancel()
-                    self._acks_closed = True  # the writer sends what is queued, then returns
-                    self._acks_ready.set()
-                await writer
         finally:
             await ws.close()
             self.end_reason = self.end_reason or _close_description(ws)
@@ -145,8 +146,10 @@ class SlackConnection:
         loop = asyncio.get_running_loop()
         max_frame = self._settings.max_frame_bytes
         max_in_flight = self._settings.max_in_flight
+        handoff = self._handoff
         try:
-            async for data in ws:
+            while True:
+                data = await ws.recv(decode=False)  # bytes: invalid UTF-8 is the parser's to count
                 self._last_inbound = loop.time()
                 frame = parse_frame(data, connection_id=self.id, max_frame_bytes=max_frame)
                 if isinstance(frame, EnvelopeFrame):
@@ -155,6 +158,9 @@ class SlackConnection:
                         await self._room.wait()
                     self._in_flight += 1
                     tg.create_task(self._hand_off(frame))
+                    if handoff.paused():  # the queue backend keeps failing: take no more until it recovers
+                        await handoff.admitting()
+                        self._last_inbound = loop.time()
                 elif isinstance(frame, Invalid):
                     self._metrics.invalid("slack", frame.reason)
                     log.warning(
@@ -198,11 +204,13 @@ class SlackConnection:
         self.disconnect_requested.set()
 
     async def _hand_off(self, frame: EnvelopeFrame) -> None:
+        async def answer(verdict: Verdict) -> bool:
+            if not verdict.ack:
+                return False  # no ack: Slack redelivers (events) or the user sees the failure (interactions)
+            return await self._ack(frame, verdict)
+
         try:
-            result = await self._handoff.hand_off(frame.envelope, frame.keys)
-            if result.ack:
-                self._acks.append(frame)
-                self._acks_ready.set()
+            await self._handoff.deliver(frame.envelope, answer, also=(frame.envelope_id,))
         except Exception:
             log.exception(
                 "slack connection %s: hand-off crashed envelope_id=%s (not acked)", self.id, frame.envelope_id
@@ -211,33 +219,21 @@ class SlackConnection:
             self._in_flight -= 1
             self._room.set()
 
-    async def _write_acks(self, ws: ClientConnection) -> None:
-        """Send queued acks; all acks queued meanwhile go out in one socket write (one frame each)."""
-        while True:
-            await self._acks_ready.wait()
-            self._acks_ready.clear()
-            batch, self._acks = self._acks, []
-            if batch:
-                await self._send_acks(ws, batch)
-            if self._acks_closed and not self._acks:
-                return
-
-    async def _send_acks(self, ws: ClientConnection, batch: list[EnvelopeFrame]) -> None:
-        try:
-            await write_text_frames(ws, [build_ack(frame.envelope_id).text.encode() for frame in batch])
-        except ConnectionClosed:
-            for frame in batch:
-                log.warning(
-                    "slack connection %s: socket closed before the ack; Slack redelivers envelope_id=%s "
-                    "dedupe_key=%s (already durable: the redelivery is acked as a duplicate)",
-                    self.id,
-                    frame.envelope_id,
-                    frame.envelope.dedupe_key,
-                )
-            return
-        self.acked += len(batch)
-        for frame in batch:
-            self._handoff.acked(frame.envelope)
+    async def _ack(self, frame: EnvelopeFrame, verdict: Verdict) -> bool:
+        assert self._writer is not None
+        payload = verdict.body if frame.accepts_response_payload else None
+        ack = build_ack(frame.envelope_id, payload)
+        if await self._writer.send(ack.text.encode()):
+            self.acked += 1
+            return True
+        log.warning(
+            "slack connection %s: socket closed before the ack; Slack redelivers envelope_id=%s dedupe_key=%s "
+            "(already durable: the redelivery is acked as a duplicate)",
+            self.id,
+            frame.envelope_id,
+            frame.envelope.dedupe_key,
+        )
+        return False
 
     async def _keepalive(self, ws: ClientConnection) -> None:
         """Client pings, and a watchdog on inbound traffic (frames and pongs)."""

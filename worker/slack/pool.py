@@ -20,12 +20,13 @@ import itertools
 import logging
 from collections.abc import Iterator
 
+from shared.redact import redact_url
 from worker.backoff import full_jitter
 from worker.connector import FatalConnectorError
 from worker.handoff import Handoff
 from worker.lifecycle import ConnectionStatus
 from worker.metrics import Metrics
-from worker.slack.api import ConnectionOpener, SlackAuthError, SlackOpenError, SlackRateLimitedError, redact
+from worker.slack.api import ConnectionOpener, SlackAuthError, SlackOpenError, SlackRateLimitedError
 from worker.slack.connection import SlackConnection
 from worker.slack.protocol import LINK_DISABLED, ROTATION_REASONS, TOO_MANY_WEBSOCKETS
 from worker.slack.settings import SlackSettings
@@ -159,7 +160,7 @@ class SlackPool:
                     metrics=self._metrics,
                     expected_connections=self.size,
                 )
-                log.info("slack slot %s: connecting %s to %s", slot, conn.id, redact(url))
+                log.info("slack slot %s: connecting %s to %s", slot, conn.id, redact_url(url))
                 task = tg.create_task(conn.run(), name=f"slack-conn-{conn.id}")
                 try:
                     async with asyncio.timeout(s.hello_timeout + s.open_timeout):

@@ -6,7 +6,7 @@
 - `Disconnect`: Slack asks us to go (`warning`, `refresh_requested`, `too_many_websockets`,
   `link_disabled`, ...),
 - `EnvelopeFrame`: an `events_api`, `interactive` or `slash_commands` envelope, already turned into the
-  queue contract's `Envelope` with the dedupe keys `Handoff.hand_off()` needs,
+  queue contract's `Envelope` with its dedupe keys (stable id first, then the envelope_id),
 - `Invalid`: anything else, with a short machine-friendly `reason` (counted by the connector).
 
 `build_ack()` builds the ack frame and guarantees it stays below Slack's 20 KB frame limit.
@@ -62,7 +62,8 @@ class Disconnect:
 class EnvelopeFrame:
     envelope: Envelope
     keys: tuple[str, ...]
-    """Dedupe keys for `Handoff.hand_off()`: (event_id, envelope_id) for events_api, else (envelope_id,)."""
+    """Dedupe keys, stable id first (`envelope.dedupe_key`): (event_id, envelope_id) for events_api, else
+    (envelope_id,). `Handoff.deliver(envelope, answer, also=(envelope_id,))` derives the same order."""
     envelope_id: str
     accepts_response_payload: bool
 
@@ -94,13 +95,38 @@ def parse_frame(
     received_at: datetime | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> Frame:
-    """Classify one inbound text frame. Never raises: bad input becomes `Invalid`."""
-    if len(data) > max_frame_bytes:
-        return Invalid("oversized", f"frame of {len(data)} bytes exceeds {max_frame_bytes}")
+    """Classify one inbound frame (its UTF-8 bytes, or text). Never raises: bad input becomes `Invalid`.
+
+    Whatever a hostile frame makes the JSON parser or the envelope model raise (deep nesting, numbers out
+    of range, invalid UTF-8) is that frame's problem: it comes back as `Invalid` with a reason."""
+    size = frame_bytes(data, max_frame_bytes)
+    if size > max_frame_bytes:
+        return Invalid("oversized", f"frame of {size} bytes exceeds {max_frame_bytes}")
+    try:
+        return _parse(data, connection_id, received_at)
+    except RecursionError:
+        return Invalid("too_deep", "frame nests too deeply to parse")
+    except Exception as exc:
+        return Invalid("unparseable", f"{type(exc).__name__}: {str(exc)[:120]}")
+
+
+def frame_bytes(data: str | bytes, limit: int) -> int:
+    """The size of a frame in UTF-8 bytes (exact when it matters for `limit`, cheap otherwise)."""
+    if isinstance(data, bytes):
+        return len(data)
+    n = len(data)
+    if n > limit or n * 4 <= limit:  # already over, or cannot be over (at most 4 bytes per character)
+        return n
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
+def _parse(data: str | bytes, connection_id: str | None, received_at: datetime | None) -> Frame:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Invalid("not_json", f"frame is not JSON: {exc}")
+    except UnicodeDecodeError as exc:
+        return Invalid("not_utf8", f"frame is not UTF-8: {exc.reason} at byte {exc.start}")
+    except ValueError as exc:
+        return Invalid("not_json", f"frame is not JSON: {str(exc)[:120]}")
     if not isinstance(obj, dict):
         return Invalid("not_object", f"frame is a JSON {type(obj).__name__}, not an object")
     frame_type = obj.get("type")
@@ -128,6 +154,8 @@ def parse_frame(
         return _envelope(kind, envelope_id, payload, obj, connection_id, received_at or utcnow())
     except ValidationError as exc:
         return Invalid("bad_envelope", f"does not fit the envelope contract: {exc.error_count()} errors", envelope_id)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        return Invalid("bad_envelope", f"{type(exc).__name__} while reading the envelope", envelope_id)
 
 
 def build_ack(envelope_id: str, payload: dict[str, Any] | None = None, *, limit: int = MAX_ACK_BYTES) -> Ack:

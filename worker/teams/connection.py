@@ -1,20 +1,23 @@
-"""One SignalR hub connection over `websockets`: moves frames, owns its tasks, nothing more.
+"""One SignalR hub connection over `websockets`: moves frames, owns its tasks, decides nothing.
 
 `HubConnection(url, deliver=…)`:
 
 - `await open()`: websocket, JSON handshake (`handshake_timeout`);
 - `run()`: reads frames and hands every delivery invocation to `deliver(connection, invocation,
   recv_at_ms)` as its own task (at most `max_in_flight` at once: the reader never waits for a publish,
-  only for a free slot), answers nothing by itself except a `SocketReady` that carries an invocationId;
-  sends a ping every `keepalive` seconds; ends the connection when nothing came in for `server_timeout`
-  seconds (a silent or frozen server). Returns an `EndReason`.
+  only for a free slot, and pauses while the handoff's circuit breaker is open); answers nothing by itself
+  except a `SocketReady` that carries an invocationId; sends a ping every `keepalive` seconds; ends the
+  connection when nothing came in for `server_timeout` seconds (a silent or frozen server). Returns an
+  `EndReason`. Every task (reader, ping, watchdog, deliveries) belongs to the connection's TaskGroups:
+  when `run()` returns, none is left.
 - `ready`: set on `SocketReady` (or at once when `require_ready` is false, the draft contract).
-- `await stop()`: stop reading, let in-flight deliveries finish and send their completions (up to
-  `drain_timeout`), close the socket.
+- `stop()`: stop reading; `run()` then lets in-flight deliveries finish and send their completions (up to
+  `drain_timeout`) and closes the socket.
+- `send(frame)`: frames sent in one event-loop iteration go out in one socket write (`worker.wsio`).
 
-The protocol itself lives in `worker.teams.signalr`; what a delivery means lives in the connector.
-The URL carries the access token: it is never logged (see `redact`), including by `websockets`'
-own DEBUG lines (its logger is wrapped by `RedactingLogger`).
+The protocol lives in `worker.teams.signalr` (SignalR) and `worker.teams.protocol` (what a delivery is and
+how it is answered); rotation and backoff in `worker.teams.pool`. The URL carries the access token: it is
+never logged (`shared.redact`), including by `websockets`' own DEBUG lines (its logger is wrapped).
 """
 
 from __future__ import annotations
@@ -22,27 +25,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
+from shared.redact import redact, redact_url
 from worker.teams import signalr
-from worker.teams.negotiate import redact
-from worker.teams.protocol import is_delivery_target, is_ready_target
-from worker.wsio import write_text_frames
+from worker.teams.protocol import is_delivery_target, is_ready_target, normalise_keys
+from worker.wsio import FrameWriter
 
 log = logging.getLogger(__name__)
 
-_TOKEN_RE = re.compile(r"(access_token|id|token)=[^&\s]+", re.IGNORECASE)
-
 
 class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
-    """Hands `websockets` a logger whose messages never carry query-string secrets."""
+    """Hands `websockets` a logger whose messages never carry secrets."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         return msg, kwargs
@@ -51,7 +51,7 @@ class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
         if not self.isEnabledFor(level):
             return
         text = str(msg) % args if args else str(msg)
-        self.logger.log(level, "%s", _TOKEN_RE.sub(r"\1=<redacted>", text), **kwargs)
+        self.logger.log(level, "%s", redact(text), **kwargs)
 
 
 _WS_LOGGER = RedactingLogger(logging.getLogger("worker.teams.websocket"), {})
@@ -84,6 +84,8 @@ class EndReason:
 
 Deliver = Callable[["HubConnection", signalr.Invocation, int], Awaitable[None]]
 InvalidFrame = Callable[[str], None]
+Admission = Callable[[], Awaitable[None] | None]
+"""Called before each delivery is read further: returns an awaitable while reading must pause, else None."""
 
 
 def epoch_ms() -> int:
@@ -101,6 +103,7 @@ class HubConnection:
         max_in_flight: int = 1000,
         require_ready: bool = True,
         on_invalid: InvalidFrame | None = None,
+        admission: Admission | None = None,
         context: Mapping[str, str] | None = None,
     ) -> None:
         self._url = url
@@ -109,32 +112,31 @@ class HubConnection:
         self.timings = timings or Timings()
         self._require_ready = require_ready
         self._on_invalid = on_invalid or (lambda _reason: None)
+        self._admission = admission
         self.context = dict(context or {})
         self.protocol = signalr.ClientProtocol()
         self.ready = asyncio.Event()
         self.connection_id: str | None = None
         self.bot_key: str | None = None
         self._ws: ClientConnection | None = None
+        self._writer: FrameWriter | None = None
         self._max_in_flight = max_in_flight
         self._deliveries = 0  # deliveries under way (the backpressure count)
         self._room = asyncio.Event()  # set whenever a delivery finishes (wakes a reader waiting for a slot)
-        self._in_flight: set[asyncio.Task[Any]] = set()
         self._backlog: list[signalr.Event] = []
-        self._outbox: list[bytes] = []
-        self._outbox_written: asyncio.Future[bool] | None = None
         self._reader: asyncio.Task[EndReason] | None = None
         self._end: EndReason | None = None
         self._last_inbound = time.monotonic()
-        self._waiting_for_slot = False
+        self._waiting = False  # the reader waits on purpose (backpressure, breaker): not a silent server
         self._stopping = False
         self.received = 0
 
     def __repr__(self) -> str:
-        return f"HubConnection({self.name}, {redact(self._url)}, connection_id={self.connection_id})"
+        return f"HubConnection({self.name}, {redact_url(self._url)}, connection_id={self.connection_id})"
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return self._deliveries
 
     @property
     def ended(self) -> EndReason | None:
@@ -151,11 +153,12 @@ class HubConnection:
             compression=None,
             logger=_WS_LOGGER,
         )
+        self._writer = FrameWriter(self._ws)
         try:
             await self._ws.send(self.protocol.initiate())
             async with asyncio.timeout(t.handshake_timeout):
                 while not self.protocol.handshake_done:
-                    self._backlog.extend(self.protocol.receive(await self._ws.recv()))
+                    self._backlog.extend(self.protocol.receive(await self._ws.recv(decode=False)))
         except BaseException:
             await self._abort()
             raise
@@ -167,61 +170,47 @@ class HubConnection:
         """Serve until the socket ends, the server goes silent or `stop()`; always closes the socket."""
         if self._ws is None:
             raise RuntimeError("open() first")
-        self._reader = asyncio.create_task(self._read(), name=f"teams-read-{self.name}")
-        helpers = [
-            asyncio.create_task(self._ping(), name=f"teams-ping-{self.name}"),
-            asyncio.create_task(self._watch(), name=f"teams-watch-{self.name}"),
-        ]
+        loop = asyncio.get_running_loop()
         try:
-            try:
-                reason = await self._reader
-            except asyncio.CancelledError:
-                if self._end is None:
-                    raise
-                reason = self._end
-            self._end = self._end or reason
-            return self._end
+            async with asyncio.TaskGroup() as helpers:
+                ping = helpers.create_task(self._ping(), name=f"teams-ping-{self.name}")
+                watch = helpers.create_task(self._watch(), name=f"teams-watch-{self.name}")
+                try:
+                    async with asyncio.timeout(None) as drain_deadline, asyncio.TaskGroup() as tg:
+                        self._reader = tg.create_task(self._read(tg), name=f"teams-read-{self.name}")
+                        if self._stopping:
+                            self._reader.cancel()
+                        await asyncio.wait([self._reader])
+                        # leaving this TaskGroup waits for in-flight deliveries (and completions), within a bound
+                        drain_deadline.reschedule(loop.time() + self.timings.drain_timeout)
+                except TimeoutError:
+                    log.warning(
+                        "%d deliveries still in flight on %s after the drain timeout: cut off (the service "
+                        "redelivers what was not answered)",
+                        self._deliveries,
+                        self.name,
+                    )
+                finally:
+                    ping.cancel()
+                    watch.cancel()
         finally:
-            for task in helpers:
-                task.cancel()
-            if not self._reader.done():
-                self._reader.cancel()
-            await asyncio.gather(self._reader, *helpers, return_exceptions=True)
-            await self._drain()
             await self._abort()
+        reader = self._reader
+        if self._end is None and reader is not None and reader.done() and not reader.cancelled():
+            self._end = reader.result()
+        return self._end or EndReason("stopped", "run ended")
 
-    async def stop(self, detail: str = "stopping") -> None:
+    def stop(self, detail: str = "stopping") -> None:
         """Stop reading new frames; `run()` then drains in-flight deliveries and closes."""
         self._stopping = True
         self._finish(EndReason("stopped", detail, allow_reconnect=True))
 
     async def send(self, frame: str) -> bool:
-        """Send one encoded frame; False when the socket is already gone.
-
-        Frames sent during one event-loop iteration (completions of deliveries that finished
-        together) go out in one socket write: the first sender waits one iteration, then writes
-        everything queued meanwhile; the others wait for that write.
-        """
-        ws = self._ws
-        if ws is None:
+        """Send one encoded frame; False when the socket is already gone."""
+        writer = self._writer
+        if writer is None:
             return False
-        self._outbox.append(frame.encode())
-        if self._outbox_written is not None:
-            return await asyncio.shield(self._outbox_written)
-        written = self._outbox_written = asyncio.get_running_loop().create_future()
-        ok = False
-        try:
-            await asyncio.sleep(0)
-            batch, self._outbox, self._outbox_written = self._outbox, [], None
-            await write_text_frames(ws, batch)
-            ok = True
-        except (ConnectionClosed, WebSocketException, OSError):
-            pass
-        finally:
-            if self._outbox_written is written:  # cancelled before writing: nothing of this batch was sent
-                self._outbox, self._outbox_written = [], None
-            written.set_result(ok)
-        return ok
+        return await writer.send(frame.encode())
 
     async def send_completion(self, invocation_id: str, result: Any) -> bool:
         return await self.send(signalr.completion(invocation_id, result))
@@ -234,15 +223,15 @@ class HubConnection:
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
 
-    async def _read(self) -> EndReason:
+    async def _read(self, tg: asyncio.TaskGroup) -> EndReason:
         assert self._ws is not None
         ws = self._ws
         backlog, self._backlog = self._backlog, []
         for event in backlog:
-            await self._handle(event)
+            await self._handle(event, tg)
         while True:
             try:
-                data = await ws.recv()
+                data = await ws.recv(decode=False)  # bytes: invalid UTF-8 is one malformed frame, not a crash
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else None
                 return EndReason("dropped", f"websocket closed (code {code})", allow_reconnect=True)
@@ -253,69 +242,74 @@ class HubConnection:
                 self._on_invalid("overflow")
                 return EndReason("error", str(exc))
             for event in events:
-                reason = await self._handle(event)
+                reason = await self._handle(event, tg)
                 if reason is not None:
                     return reason
 
-    async def _handle(self, event: signalr.Event) -> EndReason | None:
+    async def _handle(self, event: signalr.Event, tg: asyncio.TaskGroup) -> EndReason | None:
         if isinstance(event, signalr.Invocation):
             if is_delivery_target(event.target):
                 if not self.ready.is_set():
                     log.info("delivery before SocketReady on %s: treating the socket as ready", self.name)
                     self.ready.set()
                 self.received += 1
-                await self._spawn(event)
+                await self._spawn(event, tg)
             elif is_ready_target(event.target):
-                self._socket_ready(event)
+                self._socket_ready(event, tg)
             else:
-                log.debug("ignoring invocation of %r on %s", event.target, self.name)
+                log.debug("ignoring invocation of %r on %s", event.target[:80], self.name)
                 if event.invocation_id is not None:
-                    await self.send(signalr.completion(event.invocation_id, error=f"unknown target {event.target}"))
+                    frame = signalr.completion(event.invocation_id, error=f"unknown target {event.target[:80]}")
+                    tg.create_task(self.send(frame))
         elif isinstance(event, signalr.Close):
-            return EndReason("closed", event.error or "", allow_reconnect=event.allow_reconnect)
+            return EndReason("closed", redact(event.error or ""), allow_reconnect=event.allow_reconnect)
         elif isinstance(event, signalr.MalformedFrame):
             self._on_invalid(event.reason)
             log.warning("malformed frame on %s: %s %s", self.name, event.reason, event.detail)
         # pings, acks, sequences, completions and stream messages need nothing from this client
         return None
 
-    def _socket_ready(self, event: signalr.Invocation) -> None:
+    def _socket_ready(self, event: signalr.Invocation, tg: asyncio.TaskGroup) -> None:
         info = event.arguments[0] if event.arguments and isinstance(event.arguments[0], dict) else {}
-        keys = {k[:1].lower() + k[1:]: v for k, v in info.items()}
-        self.connection_id = str(keys.get("connectionId") or "") or self.connection_id
-        self.bot_key = str(keys.get("botKey") or "") or self.bot_key
+        keys = normalise_keys(info, probe="connectionId")
+        connection_id, bot_key = keys.get("connectionId"), keys.get("botKey")
+        self.connection_id = str(connection_id)[:200] if connection_id else self.connection_id
+        self.bot_key = str(bot_key)[:200] if bot_key else self.bot_key
         self.ready.set()
         if event.invocation_id is not None:
-            task = asyncio.create_task(self.send(signalr.completion(event.invocation_id, None)))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            tg.create_task(self.send(signalr.completion(event.invocation_id, None)))
 
-    async def _spawn(self, invocation: signalr.Invocation) -> None:
+    async def _spawn(self, invocation: signalr.Invocation, tg: asyncio.TaskGroup) -> None:
         recv_at = epoch_ms()
         if self._deliveries >= self._max_in_flight:  # backpressure: the reader waits for a slot
-            self._waiting_for_slot = True
+            self._waiting = True
             try:
                 while self._deliveries >= self._max_in_flight:
                     self._room.clear()
                     await self._room.wait()
             finally:
-                self._waiting_for_slot = False
+                self._waiting = False
                 self._last_inbound = time.monotonic()
         self._deliveries += 1
-        task = asyncio.create_task(self._run_delivery(invocation, recv_at))
-        self._in_flight.add(task)
-        task.add_done_callback(self._delivery_done)
-
-    def _delivery_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._deliveries -= 1
-        self._room.set()
+        tg.create_task(self._run_delivery(invocation, recv_at))
+        if self._admission is not None:
+            pause = self._admission()
+            if pause is not None:  # the queue backend keeps failing: read no more until it recovers
+                self._waiting = True
+                try:
+                    await pause
+                finally:
+                    self._waiting = False
+                    self._last_inbound = time.monotonic()
 
     async def _run_delivery(self, invocation: signalr.Invocation, recv_at: int) -> None:
         try:
             await self._deliver(self, invocation, recv_at)
         except Exception:
             log.exception("delivery failed on %s (invocation %s)", self.name, invocation.invocation_id)
+        finally:
+            self._deliveries -= 1
+            self._room.set()
 
     async def _ping(self) -> None:
         frame = signalr.ping()
@@ -328,22 +322,13 @@ class HubConnection:
         step = min(1.0, timeout / 4)
         while True:
             await asyncio.sleep(step)
-            if self._waiting_for_slot:
+            if self._waiting:
                 continue
             silent_for = time.monotonic() - self._last_inbound
             if silent_for > timeout:
                 log.warning("nothing from the server on %s for %.1f s: replacing it", self.name, silent_for)
                 self._finish(EndReason("silent", f"nothing inbound for {silent_for:.1f} s", allow_reconnect=True))
                 return
-
-    async def _drain(self) -> None:
-        if self._in_flight:
-            _done, pending = await asyncio.wait(set(self._in_flight), timeout=self.timings.drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("%d deliveries still in flight on %s after the drain timeout", len(pending), self.name)
-                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _abort(self) -> None:
         ws = self._ws

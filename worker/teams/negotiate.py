@@ -3,23 +3,26 @@
 - `connect_url(settings, slot)`: where to POST (shipped `{base}/{geo}/v3/websockets/connect`; draft
   `{base}[/{cloud}[/{tenant}]]/v3/websockets/connect`). Pure.
 - `service_negotiate(client, url, token)`: Bearer Bot Framework token, no body → `ServiceGrant`.
-  401/403 raise `NegotiateRejected` (terminal); 503 raises `ServiceUnavailable`; 429/5xx/network raise
-  `NegotiateTransient`; each carries `retry_after` when the service sent one.
+  401/403 raise `NegotiateRejected` (terminal); a 503 whose body says "Socket mode is not available"
+  (the draft contract's answer for bots without socket mode) raises `ServiceUnavailable`; every other
+  429/5xx and network failure raises `NegotiateTransient`; each carries `retry_after` when the service
+  sent one (seconds or an HTTP date).
 - `signalr_negotiate(client, grant)`: `POST …/negotiate?…&negotiateVersion=1`, follows `{url, accessToken}`
   redirects (up to 10), returns the websocket URL with `id` and `access_token`.
-- `redact(url)`: the URL without its query string, for logs (tokens travel in queries).
+URLs are logged through `shared.redact.redact_url` (tokens travel in query strings).
 
 Exception tree (all `NegotiateError`, a `RelaybusError`):
 
     NegotiateError
     ├── NegotiateRejected     401/403: the credential is wrong; do not retry
-    ├── ServiceUnavailable    503: socket mode not available here; retry slowly
-    └── NegotiateTransient    429, 5xx, timeouts, bad replies: retry with backoff
+    ├── ServiceUnavailable    503 "Socket mode is not available.": retry slowly (draft fallback)
+    └── NegotiateTransient    429, other 5xx, timeouts, bad replies: retry after Retry-After or backoff
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from shared.errors import RelaybusError
+from shared.redact import redact, redact_url
 from worker.teams.settings import TeamsSettings
 
 MAX_REDIRECTS = 10
@@ -45,7 +49,10 @@ class NegotiateRejected(NegotiateError):
 
 
 class ServiceUnavailable(NegotiateError):
-    """503: socket mode is not available for this bot or base URL (yet)."""
+    """503 "Socket mode is not available.": not for this bot or base URL (yet); ask again slowly."""
+
+
+NOT_AVAILABLE = "socket mode is not available"
 
 
 class NegotiateTransient(NegotiateError):
@@ -60,13 +67,9 @@ class ServiceGrant:
     session_id: str | None = None
 
     def __repr__(self) -> str:  # never print the token
-        return f"ServiceGrant(url={redact(self.url)!r}, expires_in={self.expires_in}, session_id={self.session_id!r})"
-
-
-def redact(url: str) -> str:
-    """Scheme, host and path only: query strings carry access tokens."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        return (
+            f"ServiceGrant(url={redact_url(self.url)!r}, expires_in={self.expires_in}, session_id={self.session_id!r})"
+        )
 
 
 def connect_url(settings: TeamsSettings, slot: str) -> str:
@@ -87,9 +90,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -112,11 +117,11 @@ def _raise_for_status(response: httpx.Response, what: str, credential_hint: str)
     if status < 400:
         return
     retry_after = parse_retry_after(response.headers.get("retry-after"))
-    reason = response.text[:200].strip()
+    reason = redact(response.text[:200].strip())
     if status in (401, 403):
         raise NegotiateRejected(f"{what} answered {status}: {credential_hint}", status)
-    if status == 503:
-        raise ServiceUnavailable(f"{what} answered 503 ({reason or 'unavailable'})", status, retry_after)
+    if status == 503 and NOT_AVAILABLE in reason.lower():
+        raise ServiceUnavailable(f"{what} answered 503 ({reason})", status, retry_after)
     raise NegotiateTransient(f"{what} answered {status} ({reason})", status, retry_after)
 
 
@@ -130,8 +135,8 @@ async def service_negotiate(
     try:
         response = await client.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=request_timeout)
     except httpx.HTTPError as exc:
-        raise NegotiateTransient(f"service negotiate {redact(url)} failed: {type(exc).__name__}") from exc
-    _raise_for_status(response, f"service negotiate {redact(url)}", credential_hint)
+        raise NegotiateTransient(f"service negotiate {redact_url(url)} failed: {type(exc).__name__}") from exc
+    _raise_for_status(response, f"service negotiate {redact_url(url)}", credential_hint)
     data = _json(response, "service negotiate")
     ws_url, access = data.get("url"), data.get("accessToken")
     if not isinstance(ws_url, str) or not ws_url:
@@ -141,9 +146,16 @@ async def service_negotiate(
     return ServiceGrant(
         url=ws_url,
         access_token=access if isinstance(access, str) else "",
-        expires_in=float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else 3600.0,
+        expires_in=_expires(expires),
         session_id=session if isinstance(session, str) else None,
     )
+
+
+def _expires(value: object) -> float:
+    """expiresIn in seconds, bounded to something a rotation schedule can use (default an hour)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return 3600.0
+    return float(min(value, 7 * 24 * 3600))
 
 
 def _with_query(url: str, **extra: str) -> str:
@@ -178,8 +190,8 @@ async def signalr_negotiate(
         try:
             response = await client.post(target, headers=headers, timeout=request_timeout)
         except httpx.HTTPError as exc:
-            raise NegotiateTransient(f"SignalR negotiate {redact(target)} failed: {type(exc).__name__}") from exc
-        _raise_for_status(response, f"SignalR negotiate {redact(target)}", "the service's access token was refused")
+            raise NegotiateTransient(f"SignalR negotiate {redact_url(target)} failed: {type(exc).__name__}") from exc
+        _raise_for_status(response, f"SignalR negotiate {redact_url(target)}", "the service's access token was refused")
         data = _json(response, "SignalR negotiate")
         if data.get("error"):
             raise NegotiateTransient(f"SignalR negotiate: {data['error']}", response.status_code)

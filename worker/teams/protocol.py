@@ -1,18 +1,27 @@
 """Teams socket mode on top of SignalR, without I/O: deliveries in, envelopes and completions out.
 
-- `parse_delivery(target, arguments)`: an `Activity` (shipped) or `activity` (draft) invocation's
-  argument, keys camelCase or PascalCase, into a `Delivery`; raises `InvalidEnvelopeError` with a
-  short reason code for metrics.
-- `Delivery.to_envelope()`, `Delivery.dedupe_keys()`: what `Handoff.hand_off()` receives.
-- `completion_result()`: the completion body the shipped contract expects.
+The delivery rules live here, in one place, as pure functions:
+
+- `classify(arguments)`: an `Activity` (shipped) or `activity` (draft) invocation's argument into
+  `Accepted(delivery, envelope)` or `Refused(status 400, reason, …)`: no envelope object, no envelopeId,
+  no activity, a `protocolVersion` above 1 (refused before any handler runs, as the contract says), or an
+  activity that does not fit the envelope contract. Never raises.
+- `answer_status(ack)`: 200 when the envelope is durable, 500 otherwise (the service redelivers).
+- `completion_result()`: the completion `result` the shipped contract expects; invokes also carry `body`.
+- `Delivery.dedupe_keys()`: `conversation.id/activity.id` first (stable across redeliveries, the
+  MessageId), then the envelopeId, the order `Handoff.deliver` uses for every platform.
+- `normalise_keys()`: camelCase or PascalCase keys, written once (envelopes and `SocketReady`).
 - `is_delivery_target()`, `is_ready_target()`: case-insensitive target names.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from pydantic import ValidationError
 
 from shared.envelope import Envelope, Kind, Platform, utcnow
 from shared.errors import InvalidEnvelopeError
@@ -38,11 +47,13 @@ def _camel(key: str) -> str:
     return key[:1].lower() + key[1:] if key else key
 
 
-def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """Top-level keys camelCased (`EnvelopeId` → `envelopeId`); the activity inside is left as received."""
-    if "envelopeId" in data:  # the usual case: the service's camelCase serializer, nothing to copy
+def normalise_keys(data: dict[str, Any], probe: str = "envelopeId") -> dict[str, Any]:
+    """Top-level keys camelCased (`EnvelopeId` → `envelopeId`); the activity inside is left as received.
+
+    `probe` is a key the camelCase form has: when present, nothing needs copying (the usual case)."""
+    if probe in data:
         return data
-    return {_camel(k): v for k, v in data.items()}
+    return {_camel(k) if isinstance(k, str) else k: v for k, v in data.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +113,16 @@ class Delivery:
         return self.activity_type
 
     def dedupe_keys(self) -> tuple[str, ...]:
-        """envelopeId, and conversation.id/activity.id (a redelivery may carry a new envelopeId)."""
+        """conversation.id/activity.id first (a redelivery may carry a new envelopeId), then envelopeId."""
         conversation_id, activity_id = self.conversation_id, self.activity_id
         if conversation_id and activity_id:
-            return (self.envelope_id, f"{conversation_id}/{activity_id}")
+            return (f"{conversation_id}/{activity_id}", self.envelope_id)
         return (self.envelope_id,)
 
     def to_envelope(self, connection_id: str | None = None, received_at: datetime | None = None) -> Envelope:
         keys = self.dedupe_keys()
         return Envelope(
-            dedupe_key=keys[-1],
+            dedupe_key=keys[0],
             platform=Platform.TEAMS,
             kind=Kind.INVOKE if self.is_invoke else Kind.ACTIVITY,
             event_type=self.event_type,
@@ -137,11 +148,13 @@ def parse_delivery(arguments: list[Any]) -> Delivery:
     if not isinstance(activity, dict):
         raise InvalidEnvelopeError("no_activity", f"envelope {envelope_id} carries no activity")
     version = data.get("protocolVersion", SUPPORTED_PROTOCOL_VERSION)
-    if isinstance(version, str) and version.isdigit():
+    if isinstance(version, str) and version.isascii() and version.isdigit() and len(version) < 10:
         version = int(version)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise InvalidEnvelopeError("bad_protocol_version", f"envelope {envelope_id}: {version!r}")
+        raise InvalidEnvelopeError("bad_protocol_version", f"envelope {envelope_id}: {str(version)[:40]!r}")
     deadline = data.get("deadlineMs")
+    if isinstance(deadline, float) and not math.isfinite(deadline):
+        deadline = None
     return Delivery(
         envelope_id=envelope_id,
         activity=activity,
@@ -149,7 +162,7 @@ def parse_delivery(arguments: list[Any]) -> Delivery:
         envelope_type=_str_or_none(data.get("type")),
         bot_key=_str_or_none(data.get("botKey")),
         cv=_str_or_none(data.get("cv")),
-        deadline_ms=int(deadline) if isinstance(deadline, int | float) and not isinstance(deadline, bool) else None,
+        deadline_ms=_deadline(deadline),
         ack_required=bool(data.get("ackRequired", True)),
     )
 
@@ -171,7 +184,7 @@ def completion_result(
     body: Any = None,
     invoke: bool = False,
 ) -> dict[str, Any]:
-    """The completion `result` for one envelope; invokes also carry `body` (empty for now)."""
+    """The completion `result` for one envelope; invokes also carry `body` (None unless a synchronous answer)."""
     result: dict[str, Any] = {
         "protocolVersion": SUPPORTED_PROTOCOL_VERSION,
         "envelopeId": envelope_id,
@@ -183,6 +196,72 @@ def completion_result(
     if invoke:
         result["body"] = body
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A delivery to hand off: the envelope built from it and its dedupe keys."""
+
+    delivery: Delivery
+    envelope: Envelope
+
+    @property
+    def also(self) -> tuple[str, ...]:
+        """The transport id(s) after `envelope.dedupe_key` (for `Handoff.deliver(..., also=...)`)."""
+        return (self.delivery.envelope_id,)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A delivery answered without a hand-off (status 400), with what is known of it for the log line."""
+
+    reason: str
+    """Short code for metrics: no_envelope, no_envelope_id, no_activity, protocol_version, bad_envelope, …"""
+    detail: str
+    envelope_id: str | None = None
+    bot_key: str | None = None
+    cv: str | None = None
+    is_invoke: bool = False
+    status: int = STATUS_BAD_REQUEST
+
+
+def classify(
+    arguments: list[Any], connection_id: str | None = None, received_at: datetime | None = None
+) -> Accepted | Refused:
+    """Apply the delivery rules to one invocation's arguments. Never raises."""
+    try:
+        delivery = parse_delivery(arguments)
+    except InvalidEnvelopeError as exc:
+        envelope_id, bot_key = peek_envelope_id(arguments)
+        return Refused(exc.reason, exc.detail, envelope_id, bot_key)
+    except Exception as exc:  # whatever hostile input makes the parser raise
+        envelope_id, bot_key = peek_envelope_id(arguments)
+        return Refused("unparseable", f"{type(exc).__name__}", envelope_id, bot_key)
+    refused = Refused("", "", delivery.envelope_id, delivery.bot_key, delivery.cv, delivery.is_invoke)
+    if delivery.protocol_version > SUPPORTED_PROTOCOL_VERSION:
+        return _with(refused, "protocol_version", f"protocolVersion {delivery.protocol_version} is not supported")
+    try:
+        envelope = delivery.to_envelope(connection_id, received_at)
+    except (ValidationError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        return _with(refused, "bad_envelope", f"does not fit the envelope contract ({type(exc).__name__})")
+    return Accepted(delivery, envelope)
+
+
+def answer_status(ack: bool) -> int:
+    """200 when the envelope is durable (published or a duplicate of a durable one), else 500: redeliver."""
+    return STATUS_OK if ack else STATUS_FAILED
+
+
+def _with(refused: Refused, reason: str, detail: str) -> Refused:
+    return Refused(reason, detail, refused.envelope_id, refused.bot_key, refused.cv, refused.is_invoke)
+
+
+def _deadline(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if 0 < value < 10**12 else None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -2,8 +2,10 @@
 
 What this module holds:
 
-- `FrameBuffer`: splits text on the 0x1E record separator and keeps a partial frame until the rest
-  arrives (one websocket message may carry several frames or part of one).
+- `FrameBuffer`: splits text (or UTF-8 bytes) on the 0x1E record separator and keeps a partial frame until
+  the rest arrives (one websocket message may carry several frames or part of one). Bytes are split before
+  they are decoded (0x1E never occurs inside a UTF-8 sequence), so one frame of invalid UTF-8 is one
+  `MalformedFrame("not_utf8")`, not a broken connection.
 - `ClientProtocol`: the handshake (`{"protocol":"json","version":1}` out, `{}` or `{"error":…}` in),
   then turns inbound text into typed messages (types 1-9) or `MalformedFrame` events, and encodes
   what a client sends (completions, pings, close).
@@ -118,15 +120,18 @@ Event = HubMessage | MalformedFrame
 
 @dataclass
 class FrameBuffer:
-    """Accumulates text and yields complete frames; the unterminated tail is kept for the next feed."""
+    """Accumulates text or bytes and yields complete frames; the unterminated tail is kept for the next feed.
+
+    Frames fed as bytes come back as bytes (decode each one: see `ClientProtocol.receive`)."""
 
     max_chars: int = MAX_BUFFERED_CHARS
     _tail: str = field(default="", repr=False)
+    _btail: bytes = field(default=b"", repr=False)
 
     @property
     def pending(self) -> int:
-        """Characters of an incomplete frame waiting for the rest."""
-        return len(self._tail)
+        """Characters (or bytes) of an incomplete frame waiting for the rest."""
+        return len(self._tail) + len(self._btail)
 
     def feed(self, data: str) -> list[str]:
         text = self._tail + data if self._tail else data
@@ -135,6 +140,15 @@ class FrameBuffer:
         if len(self._tail) > self.max_chars:
             self._tail = ""
             raise SignalRProtocolError(f"partial frame exceeds {self.max_chars} characters")
+        return [p for p in parts if p]
+
+    def feed_bytes(self, data: bytes) -> list[bytes]:
+        raw = self._btail + data if self._btail else data
+        parts = raw.split(b"\x1e")
+        self._btail = parts.pop()
+        if len(self._btail) > self.max_chars:
+            self._btail = b""
+            raise SignalRProtocolError(f"partial frame exceeds {self.max_chars} bytes")
         return [p for p in parts if p]
 
 
@@ -177,10 +191,23 @@ def invocation(target: str, arguments: list[Any], invocation_id: str | None = No
     return encode(message)
 
 
-def parse_message(frame: str) -> Event:
-    """Parse one frame (without its separator) into a message or a `MalformedFrame`."""
+def parse_message(frame: str | bytes) -> Event:
+    """Parse one frame (without its separator) into a message or a `MalformedFrame`. Never raises: whatever
+    a hostile frame makes the parser raise (deep nesting, `1e999` or `Infinity` where an integer belongs,
+    invalid UTF-8) is that frame's problem."""
+    try:
+        return _parse_message(frame)
+    except RecursionError:
+        return MalformedFrame("too_deep", "frame nests too deeply to parse")
+    except Exception as exc:
+        return MalformedFrame("unparseable", f"{type(exc).__name__}: {str(exc)[:100]}")
+
+
+def _parse_message(frame: str | bytes) -> Event:
     try:
         data = json.loads(frame)
+    except UnicodeDecodeError as exc:
+        return MalformedFrame("not_utf8", f"{exc.reason} at byte {exc.start}")
     except ValueError as exc:
         return MalformedFrame("not_json", str(exc)[:120])
     if not isinstance(data, dict):
@@ -190,8 +217,8 @@ def parse_message(frame: str) -> Event:
         return MalformedFrame("bad_type", repr(kind)[:40])
     try:
         return _typed(kind, data)
-    except (KeyError, TypeError, ValueError) as exc:
-        return MalformedFrame("missing_field", f"type {kind}: {exc}"[:120])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        return MalformedFrame("missing_field", f"type {kind}: {type(exc).__name__}: {exc}"[:120])
 
 
 def _typed(kind: int, data: dict[str, Any]) -> Event:
@@ -240,9 +267,11 @@ class ClientProtocol:
         return self._buffer.pending
 
     def receive(self, data: str | bytes) -> list[Event]:
-        """Feed one websocket message; return the events in it. Raises `HandshakeError` on refusal."""
-        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-        frames = self._buffer.feed(text)
+        """Feed one websocket message; return the events in it. Raises `HandshakeError` on refusal and
+        `SignalRProtocolError` when a partial frame outgrows the buffer; never anything else."""
+        frames: list[str] | list[bytes] = (
+            self._buffer.feed_bytes(data) if isinstance(data, bytes) else self._buffer.feed(data)
+        )
         events: list[Event] = []
         for frame in frames:
             if not self.handshake_done:
@@ -251,10 +280,10 @@ class ClientProtocol:
             events.append(parse_message(frame))
         return events
 
-    def _handshake(self, frame: str) -> None:
+    def _handshake(self, frame: str | bytes) -> None:
         try:
             data = json.loads(frame)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise HandshakeError(f"handshake response is not JSON: {frame[:80]!r}") from exc
         if not isinstance(data, dict):
             raise HandshakeError(f"handshake response is not an object: {frame[:80]!r}")
