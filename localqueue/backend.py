@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_CLOSE_GRACE = 0.05
+"""Seconds `close()` gives idle threads to close their connections once `close_timeout` is spent."""
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -151,13 +154,18 @@ class LocalQueueBackend:
                 task.cancel()
                 await asyncio.wait({task})  # the cancellation only runs the task's `finally`
         try:
-            for pool, store in ((self._write_pool, self._writer), (self._read_pool, self._reader)):
-                closing = asyncio.wrap_future(pool.submit(store.close))
-                _, busy = await asyncio.wait({closing}, timeout=max(0.0, deadline - loop.time()))
-                if busy:
-                    log.warning("local queue %s still busy at close: it closes when the operation ends", self.path)
-                else:
-                    closing.result()
+            closing = {asyncio.wrap_future(self._write_pool.submit(self._writer.close)): "writer"}
+            closing[asyncio.wrap_future(self._read_pool.submit(self._reader.close))] = "reader"
+            # An idle thread closes at once: a short grace even when the timeout is spent.
+            done, busy = await asyncio.wait(closing, timeout=max(_CLOSE_GRACE, deadline - loop.time()))
+            for future in busy:
+                log.warning(
+                    "local queue %s: the %s is still busy at close; its connection closes when that ends",
+                    self.path,
+                    closing[future],
+                )
+            for future in done:
+                future.result()
         finally:
             self._write_pool.shutdown(wait=False)
             self._read_pool.shutdown(wait=False)

@@ -17,14 +17,15 @@ left unchanged. Exit codes: 0 ok, 1 no queue file, not a queue, or a command fai
 name order; every cell is one word (`sessions` is `yes` or `no`), so `awk` can pick columns:
 
     queue              sessions  active  scheduled  locked  dead-lettered  total
-    slack-events       no             2          0       0              1      3
+    slack-commands     no             0          0       0              1      1
+    slack-events       yes            2          0       1              0      3
 
 `stats --json` prints one object per queue: queue, sessions (bool), active, scheduled, locked,
 dead_lettered, total, sessions_locked (sessions held by a consumer now).
 
 JSON lines hold message_id, session_id, application_properties, delivery_count, enqueued_at and the
-body (as JSON when it parses, else as text: invalid UTF-8 bytes as `\\xNN`), plus queue,
-sequence_number and state.
+body (as JSON when it is strict JSON, else as text: invalid UTF-8 bytes as `\\xNN`), plus queue,
+sequence_number and state, one record per line whatever the data (U+2028, U+2029 and U+0085 escaped).
 """
 
 from __future__ import annotations
@@ -242,10 +243,15 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+"""Characters `str.splitlines()` (and some editors) break lines at that JSON leaves raw: escaped."""
+
+
 def _lines(out: TextIO, records: Iterable[dict[str, Any]]) -> None:
+    """One JSON object per line; whatever the data, each record is exactly one line."""
     for record in records:
         try:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
         except UnicodeEncodeError:  # an output encoding that is not UTF-8: escape instead
             out.write(json.dumps(record) + "\n")
     out.flush()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -503,3 +505,95 @@ async def test_sends_after_close_fail_transiently_and_close_drains_pending(tmp_p
         await backend.send(message("late"))
     with LocalQueueStore(tmp_path / "q.db", create=False) as fresh:
         assert len(fresh.messages(PLAIN)) == 20
+
+
+# -- bounded close ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection holding the write lock (as another process would), released on exit."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+def stored_ids(path: Path) -> list[str]:
+    with LocalQueueStore(path, create=False, busy_timeout=5.0) as fresh:
+        return [m.message_id for m in fresh.messages()]
+
+
+def stored_ids_now(path: Path) -> list[str]:
+    """What a reader sees while the writer's lock is held (readers are not blocked in WAL mode)."""
+    conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+    try:
+        return [row[0] for row in conn.execute("SELECT message_id FROM messages ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def test_close_is_bounded_when_a_commit_is_stuck_on_a_lock_and_fails_what_is_not_durable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    backend = LocalQueueBackend(path, queues=test_queues(), busy_timeout=5.0, close_timeout=0.5)
+    await backend.send(message("before"))
+    with exclusive_lock(path):
+        stuck = asyncio.create_task(backend.send(message("stuck")))
+        await asyncio.sleep(0.2)  # the writer thread is in the commit, waiting for the lock
+        assert not stuck.done()
+        queued = asyncio.create_task(backend.send(message("queued")))  # pending behind that batch
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await backend.close()
+        elapsed = time.monotonic() - started
+        assert 0.4 < elapsed < 1.5  # waited for the close timeout, not for busy_timeout (5 s)
+        for task in (stuck, queued):
+            with pytest.raises(TransientPublishError, match=r"not committed within the 0\.5s close timeout"):
+                await task
+        assert stored_ids_now(path) == ["before"]
+    # The lock is gone: the stuck commit may land now (a redelivery of it is a duplicate); the pending
+    # one was never handed to the writer.
+    deadline = time.monotonic() + 5
+    while "stuck" not in stored_ids(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert stored_ids(path) == ["before", "stuck"]
+
+
+async def test_close_still_drains_a_commit_that_finishes_within_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    backend = LocalQueueBackend(path, queues=test_queues(), busy_timeout=5.0, close_timeout=5.0)
+    await backend.open()
+    with exclusive_lock(path) as other:
+        sends = [asyncio.create_task(backend.send(message(f"m{i}"))) for i in range(5)]
+        await asyncio.sleep(0.1)
+        closing = asyncio.create_task(backend.close())
+        await asyncio.sleep(0.3)
+        assert not closing.done()  # waiting for the commit
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(closing, 3)
+    assert await asyncio.gather(*sends) == [None] * 5
+    assert stored_ids(path) == [f"m{i}" for i in range(5)]
+
+
+async def test_close_is_bounded_while_a_receive_waits_for_a_lock(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    backend = LocalQueueBackend(path, queues=test_queues(), busy_timeout=3.0, close_timeout=0.3)
+    await backend.send(message("m"))
+    with exclusive_lock(path):
+        receiving = asyncio.create_task(backend.receive(PLAIN))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await backend.close()
+        assert time.monotonic() - started < 1.0
+    await asyncio.wait_for(asyncio.gather(receiving, return_exceptions=True), 5)  # it ends on its own
+
+
+def test_close_timeout_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="close_timeout"):
+        LocalQueueBackend(tmp_path / "q.db", close_timeout=-1)

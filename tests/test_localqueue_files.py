@@ -509,6 +509,8 @@ HOSTILE_BODIES: list[tuple[bytes, object]] = [
     (b"1" * 5000, "1" * 5000),  # an integer over Python's digit limit
     (b"\xef\xbb\xbf{}", {}),  # a BOM, then JSON
     (b"", ""),
+    ('"a\u2028b\u0085"'.encode(), "a\u2028b\u0085"),  # line separators inside JSON: still one line
+    ("x\u2029y".encode(), "x\u2029y"),
     (b'{"fine": [1, "\xc3\xa9"]}', {"fine": [1, "\u00e9"]}),
 ]
 

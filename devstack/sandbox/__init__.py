@@ -1,1 +1,1 @@
-"""Faithful local platform servers for tests, benchmarks and `python -m worker dev`."""
+"""Faithful local platform servers for tests, benchmarks and `python -m devstack dev`."""

@@ -1,4 +1,4 @@
-"""A local Slack, faithful to Socket Mode, for tests, benchmarks and `python -m worker dev`.
+"""A local Slack, faithful to Socket Mode, for tests, benchmarks and `python -m devstack dev`.
 
     async with SlackSandbox() as slack:            # aiohttp on 127.0.0.1, port 0
         settings = SlackSettings(app_token=slack.app_token, api_url=slack.api_url)
@@ -21,7 +21,7 @@ What it does like Slack:
 - Server pings every `server_ping_interval`; inbound frames of 20 KB or more: close 1009.
 - Web API methods the example bot uses (`chat.postMessage`, `chat.update`, `views.open`,
   `views.update`, `auth.test`) with the bot token, and `response_url`s (5 posts each); every call is
-  recorded in `replies`.
+  recorded in `replies` (`RecordedCall.text`: what a person would read of it).
 
 Test knobs: `freeze()` (a half-open socket: nothing read, nothing sent), `drop()` (abrupt close),
 `send_raw()`, `rate_limit_web()`, `stats`.
@@ -92,6 +92,26 @@ class RecordedCall:
     token: str | None
     url: str
     at: float
+
+    @property
+    def text(self) -> str:
+        """What a person would read of it: the message text, else its first block's text, else a view's title."""
+        text = self.body.get("text")
+        if isinstance(text, str) and text.strip():
+            return text
+        found = _blocks_text(self.body.get("blocks"))
+        if found:
+            return found
+        view = self.body.get("view")
+        if isinstance(view, str):
+            with contextlib.suppress(ValueError):
+                view = json.loads(view)
+        if isinstance(view, dict):
+            title = view.get("title")
+            if isinstance(title, dict) and isinstance(title.get("text"), str):
+                return str(title["text"])
+            return _blocks_text(view.get("blocks"))
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +204,7 @@ class SlackSandbox:
         self._conns: dict[str, _Conn] = {}
         self._tickets: set[str] = set()
         self._opens: deque[float] = deque()
+        self._hostile_urls: deque[str] = deque()
         self._web_429: deque[float] = deque()
         self._backlog: deque[_Item] = deque()
         self._inflight: dict[str, _Item] = {}
@@ -285,14 +306,21 @@ class SlackSandbox:
                 transport.abort()
         return [c.id for c in targets]
 
-    async def send_raw(self, frame: str | bytes, connection: str | None = None) -> None:
-        """Send a raw frame (anything, even invalid) to one socket (default: every open one)."""
+    async def send_raw(self, frame: str | bytes, connection: str | None = None, *, text: bool = False) -> None:
+        """Send a raw frame (anything, even invalid) to one socket (default: every open one). Bytes go as a
+        binary frame, or with `text=True` as a text frame as they are (invalid UTF-8 included)."""
         targets = [self._conns[connection]] if connection else list(self._conns.values())
         for conn in targets:
-            if isinstance(frame, bytes):
+            if isinstance(frame, bytes) and text:
+                await conn.ws.send_frame(frame, WSMsgType.TEXT)
+            elif isinstance(frame, bytes):
                 await conn.ws.send_bytes(frame)
             else:
                 await conn.ws.send_str(frame)
+
+    def hand_out_urls(self, *urls: str) -> None:
+        """The next apps.connections.open calls return these URLs (hostile ones included), then real ones."""
+        self._hostile_urls.extend(urls)
 
     def reset_stats(self) -> None:
         self.stats = SandboxStats()
@@ -739,6 +767,8 @@ class SlackSandbox:
                     {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(retry_after)}
                 )
             self._opens.append(now)
+        if self._hostile_urls:
+            return web.json_response({"ok": True, "url": self._hostile_urls.popleft()})
         ticket = uuid.uuid4().hex
         self._tickets.add(ticket)
         ws_base = self._base.replace("http://", "ws://", 1)
@@ -884,6 +914,24 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     form = await request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _blocks_text(blocks: Any) -> str:
+    """The text of the first block that has one (`blocks` may be a list or its JSON text)."""
+    if isinstance(blocks, str):
+        try:
+            blocks = json.loads(blocks)
+        except ValueError:
+            return ""
+    if not isinstance(blocks, list):
+        return ""
+    for block in blocks:
+        text = block.get("text") if isinstance(block, dict) else None
+        if isinstance(text, dict):
+            text = text.get("text")
+        if isinstance(text, str) and text.strip():
+            return text
+    return ""
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -14,13 +14,14 @@
   `new_envelope_id_on_redelivery`), draft mode (one-way `activity`, every event to every session),
   server pings every `keepalive` s, a client-silence timeout, tokens that expire after `expires_in`
   (the socket is then closed with `allowReconnect`);
-- a Bot Connector at `sandbox.service_url` (`/botconnector/v3/conversations/…`) recording replies.
+- a Bot Connector at `sandbox.service_url` (`/botconnector/v3/conversations/…`) recording replies
+  (`Reply.text`: what a person would read of one).
 
 Test knobs: `silent`, `frozen`, `drop_all()`, `close_all(error, allow_reconnect)`, `send_raw()`,
 `fail_replies()`. Helpers: `send_user_message(text)`, `send_card_action(data)`, `send_activity()`,
 `wait_replies(n)`, `wait_acked(n)`, `stats`.
 
-HTTP injection for people (`python -m worker dev` prints the URL):
+HTTP injection for people (`python -m devstack dev` prints these commands):
 
     curl -X POST {base_url}/_sandbox/messages -d '{"text": "hello"}'
     curl -X POST {base_url}/_sandbox/card-actions -d '{"verb": "approve", "data": {"id": 1}}'
@@ -97,6 +98,25 @@ class Reply:
     body: dict[str, Any] | None
     authorization: str
 
+    @property
+    def text(self) -> str:
+        """What a person would read of it: the activity's text, else its first card's text ('' for a delete)."""
+        body = self.body or {}
+        text = body.get("text")
+        if isinstance(text, str) and text.strip():
+            return text
+        attachments = body.get("attachments")
+        for attachment in attachments if isinstance(attachments, list) else []:
+            if not isinstance(attachment, dict):
+                continue
+            content = attachment.get("content")
+            elements = content.get("body") if isinstance(content, dict) else None
+            for element in elements if isinstance(elements, list) else []:
+                if isinstance(element, dict) and isinstance(element.get("text"), str) and element["text"].strip():
+                    return str(element["text"])
+            return f"({attachment.get('contentType', 'attachment')})"
+        return ""
+
 
 class TeamsSandbox:
     def __init__(
@@ -144,7 +164,10 @@ class TeamsSandbox:
         """WebSocket-level pings from the server; a client that does not pong is dropped."""
         # knobs
         self.unauthorized = False
+        self.negotiate_delay = 0.0
+        """Seconds the service negotiate takes to answer (a slow or hanging service)."""
         self._negotiate_failures: deque[tuple[int, float | None, str]] = deque()
+        self._hostile_urls: deque[str] = deque()
         self._reply_failures: deque[tuple[int, dict[str, str], dict[str, Any]]] = deque()
         # state
         self.sessions: dict[str, Session] = {}
@@ -270,10 +293,18 @@ class TeamsSandbox:
                 await session.ws.send_str(signalr.close(error, allow_reconnect))
             await self._end_session(session, "close message")
 
-    async def send_raw(self, text: str, session: Session | None = None) -> None:
-        """One websocket text message, as is (several frames, a partial frame, garbage)."""
+    async def send_raw(self, text: str | bytes, session: Session | None = None) -> None:
+        """One websocket text message, as is (several frames, a partial frame, garbage; bytes are sent as a
+        text frame unchanged, invalid UTF-8 included)."""
         for s in [session] if session else self.ready_sessions():
-            await s.ws.send_str(text)
+            if isinstance(text, bytes):
+                await s.ws.send_frame(text, WSMsgType.TEXT)
+            else:
+                await s.ws.send_str(text)
+
+    def hand_out_urls(self, *urls: str) -> None:
+        """The next service negotiates answer with these `url`s (hostile ones included), then real ones."""
+        self._hostile_urls.extend(urls)
 
     # --- helpers for tests and dev ---
 
@@ -379,6 +410,8 @@ class TeamsSandbox:
 
     async def _service_negotiate(self, request: web.Request) -> web.Response:
         self.stats["service_negotiates"] += 1
+        if self.negotiate_delay:
+            await asyncio.sleep(self.negotiate_delay)
         first = request.match_info.get("first")
         geo = first or "draft" if self.contract == "shipped" else "draft"
         if self.contract == "shipped" and (first not in self.geos or "second" in request.match_info):
@@ -393,6 +426,8 @@ class TeamsSandbox:
             return web.Response(status=status, text=text, headers=headers)
         access = "sbx-" + secrets.token_urlsafe(24)
         self._access_tokens[access] = time.monotonic() + self.expires_in
+        if self._hostile_urls:
+            return web.json_response({"url": self._hostile_urls.popleft(), "accessToken": access, "expiresIn": 60})
         url = f"{self.base_url}/client/?hub=bot&geo={geo}"
         if self.url_mode == "websocket":
             url = self._ws_url(self._new_connection_token(access), geo)
