@@ -234,7 +234,12 @@ def test_the_worker_image_runs_with_only_its_own_files_and_requirements(tmp_path
     )
     assert queue.returncode == 1 and "no local queue" in queue.stderr, queue.stderr
     moved = subprocess.run(
-        [str(python), "-m", "worker", "dev", "--once"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [str(python), "-m", "worker", "dev", "--once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert moved.returncode == 2 and "dev stack" in moved.stderr and "Traceback" not in moved.stderr
 
