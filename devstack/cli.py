@@ -1,7 +1,8 @@
 """The dev stack's command line: `python -m devstack {dev,infra,queue}` (a checkout only, never an image).
 
     dev       everything on this machine: worker, local queue, local functions host, and sandbox Slack
-              and Teams for every platform without real credentials; live progress, summary at the end
+              and Teams for every platform without real credentials; what the bot said, live
+              connection states and counts, a summary at the end (see `devstack.dev`)
     infra     generate or check infra/queues.json and the Service Bus emulator Config.json
     queue     the local queue commands (the same as `python -m worker queue …`)
 
@@ -12,6 +13,7 @@ Exit codes: 0 ok, 1 a connector stopped on a final error (or a command failed), 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,13 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{dev,infra,queue}")
 
     dev = sub.add_parser("dev", help="run everything locally: worker, local queue, functions host, sandboxes")
-    dev.add_argument("--once", action="store_true", help="exit after the scripted demo instead of waiting for Ctrl-C")
-    dev.add_argument("--messages", type=_count, default=3, help="scripted user messages per platform (default 3)")
-    dev.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the demo to complete (--once)")
-    dev.add_argument("--queue-path", type=Path, default=None, help="local queue file (default .relaybus/dev-queue.db)")
-    dev.add_argument("--no-slack", action="store_true", help="leave Slack out")
-    dev.add_argument("--no-teams", action="store_true", help="leave Teams out")
-    dev.add_argument("--quiet", action="store_true", help="no live progress line (the summary is still printed)")
+    dev.add_argument(
+        "--once",
+        action="store_true",
+        help="stop by itself once the demo got its replies and every connection is Online (or failed); "
+        "exit 0 only if the demo completed and every connection came Online",
+    )
+    dev.add_argument("--messages", type=_count, default=3, help="scripted user messages per sandbox (default 3)")
+    dev.add_argument(
+        "--timeout", type=_seconds, default=60.0, help="with --once: stop after this many seconds at most (default 60)"
+    )
+    dev.add_argument(
+        "--queue-path",
+        type=Path,
+        default=None,
+        help="local queue file (default .relaybus/dev-queue.db); dev.log goes beside it",
+    )
+    dev.add_argument("--no-slack", action="store_true", help="leave Slack out (sandbox and real)")
+    dev.add_argument("--no-teams", action="store_true", help="leave Teams out (sandbox and real)")
+    dev.add_argument(
+        "--quiet", action="store_true", help="no live progress line (banner, replies and summary are still printed)"
+    )
 
     add_infra_parser(sub)
     add_queue_parser(sub)
@@ -64,4 +80,14 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0")
     return value

@@ -48,11 +48,11 @@ from shared.errors import ConfigurationError
 from shared.redact import redact
 from worker import logs
 from worker.lifecycle import ConnectionInfo, ConnectionStatus, StatusBoard
-from worker.settings import LOG_LEVELS, environment, load_settings
+from worker.settings import LOG_LEVELS, check_queue_path, environment, load_settings
 
 if TYPE_CHECKING:
     from devstack.funchost import LocalFunctionsHost
-    from worker.runtime import Worker
+    from worker.runtime import RunResult, Worker
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,14 @@ def _log_level(env: Mapping[str, str]) -> str:
 
 def open_log(path: Path) -> TextIO:
     """A fresh log file; the previous run's is kept as `<name>.1`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".1"))
-    return path.open("w", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".1"))
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        problem = f"the dev log {path} beside the queue file cannot be written ({exc.strerror or exc})"
+        raise ConfigurationError("RELAYBUS_LOCAL_QUEUE_PATH", problem) from None
 
 
 async def _dev(args: argparse.Namespace, out: TextIO) -> int:
@@ -178,6 +182,10 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
     env = environment(dotenv=args.env_file)
     level = _log_level(env)
     queue_path = Path(args.queue_path or env.get("RELAYBUS_LOCAL_QUEUE_PATH") or ".relaybus/dev-queue.db")
+    try:
+        check_queue_path(queue_path)
+    except ValueError as exc:
+        raise ConfigurationError("RELAYBUS_LOCAL_QUEUE_PATH", str(exc)) from None
     log_path = queue_path.parent / "dev.log"
     with open_log(log_path) as log_file:
         logs.configure(level, stream=log_file)
@@ -211,17 +219,25 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
             progress = Progress()
             settle = SETTLE_SECONDS if any(c.mode == "real" for c in choices) else 0.0
             result = None
+            wrong: ConfigurationError | None = None
             try:
-                async with asyncio.TaskGroup() as group:
-                    worker_task = group.create_task(worker.run(stopping))
-                    group.create_task(host.run(stopping))
-                    group.create_task(_demo(args, demos, progress, stopping, worker, tracker, settle))
-                    group.create_task(_watch(console, worker, host, choices, progress, tracker, stopping))
-                result = worker_task.result()
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        worker_task = group.create_task(_run_worker(worker, stopping))
+                        group.create_task(_run_host(host, worker, stopping))
+                        group.create_task(_demo(args, demos, progress, stopping, worker, tracker, settle))
+                        group.create_task(_watch(console, worker, host, choices, progress, tracker, stopping))
+                    result = worker_task.result()
+                except* ConfigurationError as errors:
+                    first = errors.exceptions[0]
+                    wrong = first if isinstance(first, ConfigurationError) else ConfigurationError("dev", str(first))
             finally:
                 _show_replies(console, demos)
                 console.close()
-                summary(out, worker, host, choices, progress, tracker, queue_path, log_path)
+                if wrong is None:
+                    summary(out, worker, host, choices, progress, tracker, queue_path, log_path)
+            if wrong is not None:
+                raise wrong
             if result is not None and not result.ok:
                 for name, message in result.fatal.items():
                     print(f"relaybus dev: {name} stopped: {redact(message)}", file=sys.stderr)
@@ -235,6 +251,32 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
                     print(f"relaybus dev: never came online: {', '.join(offline)} (see the log)", file=sys.stderr)
                     return 1
     return 0
+
+
+async def _run_worker(worker: Worker, stopping: asyncio.Event) -> RunResult:
+    """The worker; when it stops on its own (its queue cannot be opened, every connector failed), so does dev."""
+    try:
+        return await worker.run(stopping)
+    except OSError as exc:
+        if worker.health is None or worker.health.port is not None:
+            raise
+        # the health server could not listen (the port is taken): a setting, not a crash
+        where = f"{worker.settings.http_host}:{worker.settings.http_port}"
+        raise ConfigurationError("RELAYBUS_HTTP_PORT", f"cannot listen on {where}: {exc.strerror or exc}") from None
+    finally:
+        stopping.set()
+
+
+async def _run_host(host: LocalFunctionsHost, worker: Worker, stopping: asyncio.Event) -> None:
+    """The functions host, started once the worker has opened the queue file (its health server then listens).
+
+    Two first opens of a new queue file at the same moment can fail with "database is locked"; one after
+    the other they do not.
+    """
+    while worker.health is not None and not worker.health.port and not stopping.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    if not stopping.is_set():
+        await host.run(stopping)
 
 
 def _functions_host(worker: Worker, settings: Mapping[str, str]) -> LocalFunctionsHost:

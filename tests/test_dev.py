@@ -1,4 +1,8 @@
-"""`python -m worker dev --once`: the whole loop on one machine, as a new user runs it."""
+"""`python -m worker dev --once`: the whole loop on one machine, as a new user runs it.
+
+This test keeps the old spelling (`python -m worker dev`, an alias that execs `python -m devstack dev`);
+tests/test_dev_console.py runs `python -m devstack dev` itself.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,9 @@ def test_dev_once_closes_the_loop_for_both_platforms(tmp_path: Path) -> None:
         assert line == f"{platform}: sent 2 · received 2 · published 2 · acked 2 · replies 2", out
     assert "functions: ok 4 · retried 0 · dead-lettered 0" in summary, out
     assert "publish failures 0 · invalid frames 0" in summary, out
+    connections = [s.strip() for s in summary.splitlines() if s.strip().startswith("connection ")]
+    assert connections and all(c.endswith(": Online until shutdown") for c in connections), out
+    assert "slack ← bot: Hi <@U0SANDBOXUSER>, you said: hello from the sandbox (1)" in out
     # the queue the demo used is left on disk, drained
     stats = subprocess.run(
         [sys.executable, "-m", "worker", "queue", "stats", "--path", str(queue)],

@@ -179,11 +179,25 @@ def test_compose_runs_the_emulator_with_the_generated_config_and_azurite() -> No
     assert (ROOT / EMULATOR_CONFIG).is_file()
     assert "5672:5672" in emulator["ports"]
     sql = emulator["environment"]["SQL_SERVER"]
-    assert services[sql]["image"].startswith("mcr.microsoft.com/azure-sql-edge")
+    # the SQL Server the emulator documents today (Azure SQL Edge was retired on 2025-09-30)
+    assert services[sql]["image"].startswith("mcr.microsoft.com/mssql/server:2022-")
+    assert sql in emulator["depends_on"]
     assert emulator["environment"]["MSSQL_SA_PASSWORD"] == services[sql]["environment"]["MSSQL_SA_PASSWORD"]
     assert services["azurite"]["image"].startswith("mcr.microsoft.com/azure-storage/azurite")
     assert "--disableTelemetry" in services["azurite"]["command"]
     assert {"10000:10000", "10001:10001", "10002:10002"} <= set(services["azurite"]["ports"])
+
+
+def test_compose_pins_every_image_to_a_version_tag() -> None:
+    """No `latest`, no missing tag: `docker compose up` next year runs what was checked (docs/deploy.md)."""
+    images = {name: service["image"] for name, service in _compose()["services"].items() if "image" in service}
+    assert set(images) == {"azurite", "sqlserver", "servicebus"}
+    for name, image in images.items():
+        repository, _, tag = image.rpartition(":")
+        assert "/" in repository and "@" not in image, f"{name}: {image}"
+        assert tag and "/" not in tag, f"{name}: {image} has no tag"
+        assert "latest" not in tag.lower(), f"{name}: {image} is not pinned"
+        assert re.search(r"\d+\.\d+|\d{4}-CU\d+", tag), f"{name}: {image} does not name a version"
 
 
 def test_compose_worker_is_optional_and_uses_the_emulator() -> None:
@@ -193,4 +207,4 @@ def test_compose_worker_is_optional_and_uses_the_emulator() -> None:
     assert worker["build"] == {"context": ".", "dockerfile": "worker/Dockerfile"}
     assert worker["environment"]["RELAYBUS_QUEUE_BACKEND"] == "servicebus"
     assert worker["environment"]["ServiceBusConnection"] == EMULATOR_CONNECTION.format(host="servicebus")
-    assert all("profiles" not in services[name] for name in ("servicebus", "sqledge", "azurite"))
+    assert all("profiles" not in services[name] for name in ("servicebus", "sqlserver", "azurite"))

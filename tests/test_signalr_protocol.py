@@ -7,8 +7,9 @@ import json
 import pytest
 
 from shared.errors import InvalidEnvelopeError
+from shared.redact import redact_url
 from worker.teams import signalr
-from worker.teams.negotiate import connect_url, parse_retry_after, redact
+from worker.teams.negotiate import connect_url, parse_retry_after
 from worker.teams.protocol import completion_result, is_delivery_target, parse_delivery
 from worker.teams.settings import TeamsSettings
 
@@ -93,7 +94,7 @@ def test_deliveries_accept_camel_and_pascal_case() -> None:
     camel = parse_delivery([{"envelopeId": "e1", "protocolVersion": 1, "cv": "cv1", "payload": activity()}])
     pascal = parse_delivery([{"EnvelopeId": "e1", "ProtocolVersion": 1, "Cv": "cv1", "Activity": activity()}])
     assert camel == pascal
-    assert camel.dedupe_keys() == ("e1", "a:conv/act-1")
+    assert camel.dedupe_keys() == ("a:conv/act-1", "e1")  # stable id first, as on every platform
     assert is_delivery_target("ACTIVITY") and is_delivery_target("activity") and not is_delivery_target("other")
 
 
@@ -152,4 +153,5 @@ def test_retry_after_and_redaction() -> None:
     assert parse_retry_after("2") == 2.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
-    assert redact("wss://h/client/?hub=x&access_token=secret") == "wss://h/client/"
+    assert parse_retry_after("inf") is None and parse_retry_after("nan") is None and parse_retry_after("1e999") is None
+    assert redact_url("wss://h/client/?hub=x&access_token=secret") == "wss://h/client/"

@@ -17,10 +17,12 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         if args.command == "run":
-            return _run(args)
+            return _exit_even_if_threads_linger(_run(args))
         if args.command == "settings":
             return _settings(args)
         if args.command == "queue":
@@ -98,6 +100,17 @@ def _run_devstack(argv: list[str]) -> int:
         sys.stderr.flush()
         os.execv(sys.executable, command)  # noqa: S606 (our own interpreter and module)
     return subprocess.call(command)  # pragma: no cover - not POSIX
+
+
+def _exit_even_if_threads_linger(code: int) -> int:
+    """The drain and the queue's close are bounded; a disk thread stuck past them (a commit waiting on a
+    lock another process holds) must not keep the process alive: exit now, output flushed."""
+    if threading.active_count() > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _settings(args: argparse.Namespace) -> int:

@@ -41,7 +41,6 @@ def build_backend(settings: WorkerSettings) -> QueueBackend:
         return ServiceBusBackend.from_settings(settings.servicebus, queues=queues_in_use(settings))
     from localqueue import LocalQueueBackend
 
-    settings.local_queue_path.parent.mkdir(parents=True, exist_ok=True)
     return LocalQueueBackend(
         settings.local_queue_path,
         queue_settings=settings.queue_names,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -139,6 +140,13 @@ def check_queue_path(path: Path) -> None:
         raise ValueError(f"{ancestor} is a file, so {path} cannot be created below it")
     if not path.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"cannot create {path}: {ancestor} is not writable by this user")
+    if not path.exists():
+        # os.access says yes to root everywhere, even on read-only file systems and /proc: try for real
+        try:
+            with tempfile.TemporaryFile(dir=ancestor):  # O_TMPFILE where there is one: no name ever appears
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot create {path}: {ancestor} does not accept new files ({exc.strerror})") from None
 
 
 _SERVICEBUS_KEYS = ("ServiceBusConnection", "ServiceBusConnection__fullyQualifiedNamespace")
