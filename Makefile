@@ -13,7 +13,7 @@ $(STAMP): requirements.txt worker/requirements.txt requirements-dev.txt
 
 ## dev: everything local on one machine (worker, local queue, local functions host, sandbox Slack and Teams)
 dev: $(STAMP)
-	$(PY) -m worker dev $(ARGS)
+	$(PY) -m devstack dev $(ARGS)
 
 ## test: lint, type-check and the whole test suite (what CI runs)
 test: $(STAMP) lint typecheck unit

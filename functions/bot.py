@@ -35,6 +35,7 @@ from typing import TypeVar
 from functions.context import Context
 from shared.envelope import Envelope, Kind, Platform
 from shared.errors import RelaybusError
+from shared.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +192,15 @@ class Bot:
     def discover(self, package: str) -> list[str]:
         """Import every module of `package` (its handlers register themselves); returns their names.
 
-        Raises `HandlerLoadError` naming the file (and line) of the first module that cannot be imported."""
+        Modules are imported in name order; those whose name starts with `_` are skipped (helpers the
+        handler modules import themselves). A subpackage is imported as a package: its `__init__` may
+        call `bot.discover(__name__)` for its own modules. Raises `HandlerLoadError`, one line naming the
+        file and line that failed (`handlers/billing.py line 3: NameError: ...`), for the first module
+        that cannot be imported."""
         root = importlib.import_module(package)
+        dirs = [Path(p).resolve() for p in getattr(root, "__path__", [])]
         found: list[str] = []
-        for info in sorted(pkgutil.iter_modules(getattr(root, "__path__", [])), key=lambda m: m.name):
+        for info in sorted(pkgutil.iter_modules([str(d) for d in dirs]), key=lambda m: m.name):
             if info.name.startswith("_"):
                 continue
             name = f"{package}.{info.name}"
@@ -202,7 +208,8 @@ class Bot:
                 try:
                     importlib.import_module(name)
                 except Exception as exc:
-                    raise HandlerLoadError(_where(exc, name)) from None
+                    module_file = dirs[0] / (f"{info.name}/__init__.py" if info.ispkg else f"{info.name}.py")
+                    raise HandlerLoadError(_where(exc, module_file, dirs)) from None
             found.append(name)
         return found
 
@@ -223,26 +230,30 @@ def describe(bot: Bot) -> Mapping[str, list[tuple[str, str]]]:
     return bot.describe()
 
 
-def _where(exc: Exception, module: str) -> str:
-    """`handlers/foo.py line 3: NameError: name 'x' is not defined` for the frame inside the module."""
-    filename = module.replace(".", "/") + ".py"
-    line: int | None = None
+def _where(exc: Exception, module_file: Path, package_dirs: list[Path]) -> str:
+    """`cannot load handlers: handlers/foo.py line 3: NameError: name 'x' is not defined`, on one line.
+
+    The place is where the import failed inside the package (the deepest frame in one of its files; a
+    syntax error's own file and line), else the module's file; paths are shown from the package's parent."""
+    where: tuple[Path, int | None] = (module_file, None)
     if isinstance(exc, SyntaxError) and exc.filename:
-        filename, line = _relative(exc.filename), exc.lineno
+        where = (Path(exc.filename).resolve(), exc.lineno)
+        problem = exc.msg
     else:
         for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-            if frame.filename.replace("\\", "/").endswith(filename):
-                line = frame.lineno
+            if frame.filename.startswith("<"):
+                continue
+            path = Path(frame.filename).resolve()
+            if any(path.is_relative_to(d) for d in package_dirs):
+                where = (path, frame.lineno)
                 break
+        problem = str(exc)
+    path, line = where
+    base = package_dirs[0].parent if package_dirs else Path.cwd()
+    shown = path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
     at = f" line {line}" if line else ""
-    return f"cannot load handlers: {filename}{at}: {type(exc).__name__}: {exc}"
-
-
-def _relative(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
+    text = " ".join(redact(problem).split())[:300]
+    return f"cannot load handlers: {shown}{at}: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 def _str(value: object) -> str | None:

@@ -17,7 +17,9 @@ Reply targets are checked against these settings (see `functions.slack_api`, `fu
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -44,10 +46,29 @@ DEFAULT_BOT_CONNECTOR_HOSTS: tuple[str, ...] = (
 _TEAMS_TRIGGERS = ("TEAMS_APP_ID", "TEAMS_APP_PASSWORD", "TEAMS_CERTIFICATE_PATH", "TEAMS_STATIC_TOKEN")
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def plain_host(host: str) -> bool:
+    """A DNS name of ASCII letters, digits and hyphens (at most 253 characters), or an IP address."""
+    if len(host) <= 253 and _HOSTNAME.fullmatch(host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_hosts(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     if not value:
         return default
     return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+
+
+def _entries(value: str | None) -> list[str]:
+    return [] if value is None else [h.strip().lower() for h in value.split(",")]
 
 
 class FunctionSettings(BaseModel):
@@ -68,9 +89,22 @@ class FunctionSettings(BaseModel):
     @field_validator("slack_bot_token")
     @classmethod
     def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("xoxb-"):
-            raise ValueError("must be a bot token (starts with xoxb-; the app-level xapp- token is the worker's)")
-        return value
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if token.startswith("xoxb-"):
+            return value
+        if token.startswith("xapp-"):
+            raise ValueError(
+                "is an app-level token (xapp-…): that one is the worker's SLACK_APP_TOKEN (Socket Mode); the "
+                "function app replies with the bot token (xoxb-…, OAuth & Permissions → Bot User OAuth Token)"
+            )
+        if token.startswith("xoxp-"):
+            raise ValueError(
+                "is a user token (xoxp-…): the function app replies as the bot, with the bot token "
+                "(xoxb-…, OAuth & Permissions → Bot User OAuth Token)"
+            )
+        raise ValueError("must be a bot token (starts with xoxb-, OAuth & Permissions → Bot User OAuth Token)")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -78,13 +112,23 @@ class FunctionSettings(BaseModel):
         check_https_url(value, DEFAULT_SLACK_API_URL)
         return value if value.endswith("/") else value + "/"
 
-    @field_validator("slack_response_url_hosts", "bot_connector_allowed_hosts")
+    @field_validator("slack_response_url_hosts")
     @classmethod
-    def _hosts(cls, value: str | None) -> str | None:
-        if value is not None:
-            for host in (h.strip() for h in value.split(",")):
-                if not host or "/" in host or " " in host:
-                    raise ValueError(f"lists host names separated by commas (no scheme, port or path), got {host!r}")
+    def _response_hosts(cls, value: str | None) -> str | None:
+        for host in _entries(value):
+            if not plain_host(host):
+                raise ValueError(f"lists host names separated by commas (no scheme, port or path): {host!r} is not one")
+        return value
+
+    @field_validator("bot_connector_allowed_hosts")
+    @classmethod
+    def _service_hosts(cls, value: str | None) -> str | None:
+        for host in _entries(value):
+            if not plain_host(host.removeprefix("*.").removeprefix(".")):
+                raise ValueError(
+                    "lists host names separated by commas (no scheme, port or path; `.example.com` for any "
+                    f"subdomain): {host!r} is not one"
+                )
         return value
 
     # --- derived ---

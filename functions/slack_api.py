@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from functions.reply_urls import parse_target, shown
 from functions.settings import DEFAULT_RESPONSE_URL_HOSTS, FunctionSettings
 from shared.errors import ConfigurationError, RecipientGone, RelaybusError, UnsafeReplyTarget
-from shared.urls import split
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +69,26 @@ class ResponseUrlNotAllowed(UnsafeReplyTarget):
 
 
 def check_response_url(url: object, allowed_hosts: Sequence[str], allow_loopback: bool = False) -> str:
-    """`url` when it is https on an allowed host (or, in sandbox mode, any loopback URL); else refused."""
-    parts = split(url)
-    if parts is None:
-        raise ResponseUrlNotAllowed(f"response_url {str(url)[:80]!r} is not a URL")
+    """`url` (stripped) when it is https on an allowed host and the default port, without user info; in
+    sandbox mode (`allow_loopback`) also any http(s) URL on a loopback host. Else `ResponseUrlNotAllowed`,
+    and nothing is sent. Never raises anything else, whatever `url` is."""
+    target = parse_target(url)
+    if target is None:
+        raise ResponseUrlNotAllowed(f"response_url {shown(url)} is not a URL that can be used")
+    text, parts = target
+    if parts.has_credentials:
+        raise ResponseUrlNotAllowed(f"response_url on {parts.host} carries a user name or password")
     if allow_loopback and parts.loopback and parts.scheme in ("http", "https"):
-        return str(url)
-    if parts.scheme != "https" or parts.port not in (None, 443) or parts.has_credentials:
-        raise ResponseUrlNotAllowed(f"response_url on {parts.scheme}://{parts.host} is not https on the default port")
+        return text
+    if parts.scheme != "https" or parts.port not in (None, 443):
+        where = f"{parts.scheme}://{parts.host}" + (f":{parts.port}" if parts.port is not None else "")
+        raise ResponseUrlNotAllowed(f"response_url on {where} is not https on the default port")
     if parts.host not in allowed_hosts:
         allowed = ", ".join(allowed_hosts)
         raise ResponseUrlNotAllowed(
             f"response_url host {parts.host!r} is not allowed (SLACK_RESPONSE_URL_ALLOWED_HOSTS: {allowed})"
         )
-    return str(url)
+    return text
 
 
 class SlackRateLimitedError(SlackApiError):
@@ -94,7 +100,7 @@ class SlackRateLimitedError(SlackApiError):
 class SlackWebClient:
     def __init__(
         self,
-        token: str | SecretStr,
+        token: str | SecretStr | None,
         *,
         api_url: str = DEFAULT_API_URL,
         client: httpx.AsyncClient | None = None,
@@ -107,7 +113,7 @@ class SlackWebClient:
     ) -> None:
         self.response_url_hosts = tuple(response_url_hosts)
         self.allow_loopback_response_urls = allow_loopback_response_urls
-        self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        self._token = token if isinstance(token, SecretStr) or token is None else SecretStr(token)
         self._api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._owns_client = client is None
@@ -117,8 +123,8 @@ class SlackWebClient:
 
     @classmethod
     def from_settings(cls, settings: FunctionSettings, client: httpx.AsyncClient | None = None) -> SlackWebClient:
-        if settings.slack_bot_token is None:
-            raise ConfigurationError("SLACK_BOT_TOKEN", "is required to reply on Slack (a bot token, xoxb-...)")
+        """The client the settings describe. Without `SLACK_BOT_TOKEN`, `respond` (which needs no token) still
+        works and every Web API call raises `ConfigurationError` naming the setting."""
         return cls(
             settings.slack_bot_token,
             api_url=settings.slack_api_url,
@@ -211,6 +217,11 @@ class SlackWebClient:
     async def _post(self, method: str, url: str, body: dict[str, Any], *, authorized: bool) -> dict[str, Any]:
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if authorized:
+            if self._token is None:
+                raise ConfigurationError(
+                    "SLACK_BOT_TOKEN",
+                    f"is required to call {method} (the bot token, xoxb-…); only response_url replies work without it",
+                )
             headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
         content = json.dumps(body).encode()
         attempt = 0

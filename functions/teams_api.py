@@ -30,10 +30,10 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from functions.reply_urls import parse_target, shown
 from functions.settings import DEFAULT_BOT_CONNECTOR_HOSTS, FunctionSettings
 from shared.errors import ConfigurationError, RecipientGone, RelaybusError, UnsafeReplyTarget
 from shared.teams_auth import TokenProvider, token_provider
-from shared.urls import split
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +71,21 @@ def host_allowed(host: str, allowed: Iterable[str]) -> bool:
 
 
 def check_service_url(service_url: object, allowed: Iterable[str]) -> str:
-    """The service URL with a trailing slash, or `ServiceUrlNotAllowed`.
+    """The service URL (stripped) with a trailing slash, or `ServiceUrlNotAllowed`.
 
-    https on an allowed host with the default port; http (any port) only for loopback hosts on the list
-    (the sandbox). Anything that cannot be parsed is refused, never retried."""
-    parts = split(service_url)
-    if parts is None:
-        raise ServiceUrlNotAllowed(f"serviceUrl {str(service_url)[:80]!r} is not a URL")
+    https on an allowed host with the default port and no user info; http (any port) only for loopback
+    hosts on the list (the sandbox). Anything that cannot be parsed is refused, never retried; nothing
+    else is ever raised, whatever `service_url` is."""
+    target = parse_target(service_url)
+    if target is None:
+        raise ServiceUrlNotAllowed(f"serviceUrl {shown(service_url)} is not a URL that can be used")
+    url, parts = target
     local = parts.loopback
     scheme_ok = parts.scheme == "https" or (parts.scheme == "http" and local)
     port_ok = local or parts.port in (None, 443)
     if not scheme_ok or not port_ok or parts.has_credentials or not host_allowed(parts.host, allowed):
         where = f"{parts.scheme}://{parts.host}" + (f":{parts.port}" if parts.port is not None else "")
         raise ServiceUrlNotAllowed(f"serviceUrl {where} is not an allowed Bot Framework host")
-    url = str(service_url).strip()
     return url if url.endswith("/") else url + "/"
 
 
@@ -116,6 +117,19 @@ def _error_code(response: httpx.Response) -> str | None:
     return None
 
 
+class _NoCredentials:
+    """The token provider when no `TEAMS_*` credential is set: asking it for a token is a setting error."""
+
+    async def token(self) -> str:
+        raise ConfigurationError("TEAMS_APP_ID", "is required to reply on Teams (with the bot's credentials)")
+
+    def invalidate(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
 class BotConnectorClient:
     def __init__(
         self,
@@ -142,9 +156,11 @@ class BotConnectorClient:
 
     @classmethod
     def from_settings(cls, settings: FunctionSettings) -> BotConnectorClient:
-        if settings.teams is None:
-            raise ConfigurationError("TEAMS_APP_ID", "is required to reply on Teams")
-        tokens, _hint = token_provider(settings.teams)
+        """The client the settings describe. Without Teams credentials, a reply still has its serviceUrl
+        checked (a forged one is dead-lettered), then raises `ConfigurationError` naming `TEAMS_APP_ID`."""
+        tokens: TokenProvider = _NoCredentials()
+        if settings.teams is not None:
+            tokens, _hint = token_provider(settings.teams)
         return cls(tokens, allowed_hosts=settings.service_url_hosts)
 
     async def aclose(self) -> None:

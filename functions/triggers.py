@@ -16,11 +16,18 @@ Settlement (what the host does with the message):
 - the handler returns → the host completes the message;
 - the handler raises → the host abandons it and Service Bus redelivers, up to the queue's
   MaxDeliveryCount, then dead-letters it;
+- a reply can never land (`RecipientGone`: Teams `MessageWritesBlocked`, Slack `channel_not_found`,
+  `used_url`, ...) → logged as a warning and completed: retrying cannot help;
+- a reply target is refused (`UnsafeReplyTarget`: a Slack `response_url` that is not https on an allowed
+  host → reason `UnsafeReplyTarget`; a Teams `serviceUrl` off the allowlist, on another port or not
+  parseable → reason `ServiceUrlNotAllowed`) → `DeadLetterError` with that reason; nothing was sent;
 - the body is not a valid envelope, or sits on the wrong queue → `DeadLetterError` with a readable
-  reason. relaybus's local functions host dead-letters it at once with that reason. Python's classic
-  Service Bus binding on Azure cannot settle messages itself, so there the error is logged with the
-  reason and the message reaches the dead-letter queue after MaxDeliveryCount deliveries (bounded: never
-  retried forever). See the README's design notes.
+  reason (`InvalidBody`, `WrongQueue`).
+
+A `DeadLetterError` (raised here, or by a handler) is dead-lettered at once with its reason by
+relaybus's local functions host. Python's classic Service Bus binding on Azure cannot settle messages
+itself, so there the error is logged with the reason and the message reaches the dead-letter queue
+after MaxDeliveryCount deliveries (bounded: never retried forever). See the README's design notes.
 """
 
 from __future__ import annotations

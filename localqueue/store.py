@@ -346,7 +346,7 @@ class LocalQueueStore:
             uri = self.path.resolve().as_uri() + "?mode=rw"
             conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn, self._busy_timeout)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             self._conn = conn
             with self._transaction() as tx:
@@ -720,6 +720,22 @@ class LocalQueueStore:
             f"WHERE state = 1 AND {where}",
             params,
         )
+
+
+def _set_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """`PRAGMA journal_mode=WAL`, retried: on a new file, two processes (the worker and the functions host)
+    opening at once can find it locked, and SQLite's busy handler does not cover a journal-mode change."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def check_store_file(path: Path, *, creating: bool = False) -> None:

@@ -6,7 +6,7 @@ This table is the one place to add a route. It drives:
 - `function_app.py` (one Service Bus–triggered function per route),
 - the local queue (queue settings: sessions, max delivery count, lock duration, dedupe window),
 - the Bicep queue list (`infra/`) and the Service Bus emulator's `Config.json` (generated and checked
-  against this table by `python -m worker infra` and by tests).
+  against this table by `python -m devstack infra` and by tests).
 
 A queue's *name* can be overridden per deployment through the app setting named by `setting`
 (for example `SLACK_EVENTS_QUEUE`), which is also what the function triggers read (`%SLACK_EVENTS_QUEUE%`).

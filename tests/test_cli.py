@@ -46,3 +46,23 @@ def test_help_lists_the_commands() -> None:
     assert proc.returncode == 0
     for command in ("run", "dev", "queue", "settings"):
         assert command in proc.stdout
+
+
+def test_a_health_port_in_use_is_a_setting_error_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(
+            "run",
+            env={
+                "SLACK_APP_TOKEN": "xapp-1-x",
+                "SLACK_API_URL": "http://127.0.0.1:9/api/",
+                "RELAYBUS_HTTP_PORT": str(port),
+            },
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "setting RELAYBUS_HTTP_PORT" in proc.stderr and "Traceback" not in proc.stderr

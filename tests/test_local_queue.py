@@ -597,3 +597,18 @@ async def test_close_is_bounded_while_a_receive_waits_for_a_lock(tmp_path: Path)
 def test_close_timeout_must_not_be_negative(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="close_timeout"):
         LocalQueueBackend(tmp_path / "q.db", close_timeout=-1)
+
+
+async def test_two_backends_opening_a_new_file_at_once_both_open(tmp_path: Path) -> None:
+    # the worker and the local functions host open the dev queue together; a journal-mode change is not
+    # covered by SQLite's busy handler, so without a retry one of them failed now and then ("database is locked")
+    from localqueue import LocalQueueBackend
+
+    for i in range(30):
+        path = tmp_path / f"q{i}.db"
+        backends = [LocalQueueBackend(path), LocalQueueBackend(path)]
+        try:
+            await asyncio.gather(*(b.open() for b in backends))
+        finally:
+            for b in backends:
+                await b.close()

@@ -105,6 +105,15 @@ async def test_response_url_posts_and_their_limit() -> None:
         assert slack.replies[0].body == {"text": "answer 0", "response_type": "ephemeral"}
 
 
-def test_from_settings_needs_a_bot_token() -> None:
-    with pytest.raises(ConfigurationError, match="SLACK_BOT_TOKEN"):
-        SlackWebClient.from_settings(FunctionSettings.from_env({}))
+async def test_without_a_bot_token_only_response_url_replies_work() -> None:
+    async with SlackSandbox() as slack:
+        injected = await slack.send_slash_command("/ticket", "x")
+        assert injected.response_url is not None
+        client = SlackWebClient.from_settings(FunctionSettings.from_env({"SLACK_API_URL": slack.api_url}))
+        try:
+            with pytest.raises(ConfigurationError, match=r"setting SLACK_BOT_TOKEN: is required to call chat\.post"):
+                await client.post_message("C1", "needs the token")
+            await client.respond(injected.response_url, "no token needed")
+        finally:
+            await client.aclose()
+        assert [r.method for r in slack.replies] == ["response_url"]

@@ -1,8 +1,10 @@
 """What the worker expects of a platform connector (Slack, Teams, later Direct Line).
 
-A connector holds its platform's sockets, turns frames into `Envelope`s, passes each one through
-`Handoff.hand_off()` and acks the platform only when the result says so. It reports each connection's
-lifecycle on the shared `StatusBoard` and counts rejected frames with `Metrics.invalid()`.
+A connector holds its platform's sockets, turns frames into `Envelope`s and passes each one to
+`Handoff.deliver(envelope, answer)` together with the action that answers the platform (writes the ack or
+the completion): the handoff calls it with the verdict the ack rule allows, so a connector cannot ack by
+itself. It reports each connection's lifecycle on the shared `StatusBoard` and counts rejected frames with
+`Metrics.invalid()`.
 """
 
 from __future__ import annotations

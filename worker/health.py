@@ -5,10 +5,12 @@ Served with aiohttp on `RELAYBUS_HTTP_HOST:RELAYBUS_HTTP_PORT` (port 0 picks a f
 
 from __future__ import annotations
 
+import errno
 import json
 
 from aiohttp import web
 
+from shared.errors import ConfigurationError
 from shared.redact import redact
 from worker.metrics import Metrics
 
@@ -31,10 +33,19 @@ class HealthServer:
         return app
 
     async def start(self) -> None:
+        """Listen; a port in use or an address this machine does not have is a `ConfigurationError`."""
         self._runner = web.AppRunner(self._app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            setting = "RELAYBUS_HTTP_PORT" if exc.errno == errno.EADDRINUSE else "RELAYBUS_HTTP_HOST"
+            raise ConfigurationError(
+                setting, f"cannot listen on {self._host}:{self._port} ({exc.strerror or exc})"
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port

@@ -126,7 +126,11 @@ class Worker:
                 await self.publisher.close()
                 return result
         if self.health is not None:
-            await self.health.start()
+            try:
+                await self.health.start()
+            except BaseException:
+                await self.publisher.close()
+                raise
             log.info(
                 "health and metrics on http://%s:%s (/healthz /readyz /metrics)",
                 self.settings.http_host,
