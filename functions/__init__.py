@@ -15,7 +15,10 @@ What lives here (and ships in the function app, see `.funcignore`):
 - `triggers`: one Service Bus–triggered function per route, and the settlement rules (`process_message`);
 - `settings`: `FunctionSettings`, validated when the app starts;
 - `slack_api`: `SlackWebClient` (Slack Web API and response_url replies);
-- `teams_api`: `BotConnectorClient` (Bot Connector replies; not the worker's socket connectors).
+- `teams_api`: `BotConnectorClient` (Bot Connector replies; not the worker's socket connectors);
+- `reply_urls`: how a `response_url` or `serviceUrl` from a message is parsed before it is checked;
+- `logs`: `install_redaction()`, so no record the function app logs carries a token;
+- `python -m functions settings [--file local.settings.json]`: check the settings (`__main__`).
 
 The reply clients are imported on first use (attribute access here, or `ctx.slack` / `ctx.teams`), so that
 importing this package, and the function app, stays cheap.

@@ -10,9 +10,12 @@ reach the environment. Locally they come from `local.settings.json` (`func start
 Reply targets are checked against these settings (see `functions.slack_api`, `functions.teams_api`):
 
 - `SLACK_API_URL` must be https (http only on loopback: the sandbox);
-- a Slack `response_url` must be https on `SLACK_RESPONSE_URL_ALLOWED_HOSTS` (default `hooks.slack.com`);
-  loopback is allowed only when `SLACK_API_URL` is on loopback (sandbox mode);
-- a Teams `serviceUrl` must be https on `BOT_CONNECTOR_ALLOWED_HOSTS` (default: the Bot Framework's hosts).
+- a Slack `response_url` must be https on `SLACK_RESPONSE_URL_ALLOWED_HOSTS` (default `hooks.slack.com`),
+  on the default port, without user info; loopback is allowed only when `SLACK_API_URL` is on loopback
+  (sandbox mode); else the message is dead-lettered with reason `UnsafeReplyTarget`;
+- a Teams `serviceUrl` must be https on `BOT_CONNECTOR_ALLOWED_HOSTS` (default: the Bot Framework's hosts),
+  on the default port, without user info; else reason `ServiceUrlNotAllowed`. A URL that cannot be
+  parsed (a port out of range, a broken IPv6 literal, a host with a backslash) is refused the same way.
 """
 
 from __future__ import annotations

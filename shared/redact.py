@@ -77,8 +77,9 @@ def describe_exception(exc: BaseException, limit: int = 300) -> str:
 class RedactingFilter(logging.Filter):
     """A logging filter that passes every record's message (and its traceback) through `redact`.
 
-    Attach it to handlers: the worker's entry points do (`worker.logs.configure`), and the function app
-    adds it to the Functions host's handlers (`functions.logs.install_redaction`)."""
+    Attach it to handlers: the worker's entry points do (`worker.logs.configure`). The function app, whose
+    handlers belong to the Functions host, redacts every record as it is created instead
+    (`functions.logs.install_redaction` wraps the log record factory with the same `redact`)."""
 
     _formatter = logging.Formatter()
 

@@ -52,7 +52,8 @@ def split(url: object) -> SplitUrl | None:
         return None
     if not parts.scheme or not host:
         return None
-    return SplitUrl(parts.scheme.lower(), host.lower(), port, parts.path, bool(parts.username or parts.password))
+    # any `@` in the authority is a user part, even an empty one (`https://:@host/`)
+    return SplitUrl(parts.scheme.lower(), host.lower(), port, parts.path, "@" in parts.netloc)
 
 
 def check_https_url(value: str, example: str) -> str:

@@ -79,3 +79,14 @@ def test_redaction_never_raises_and_is_idempotent(text: str) -> None:
 def test_any_slack_token_or_query_secret_is_hidden(secret: str) -> None:
     for template in ("xoxb-{s}", "xapp-1-{s}", "https://h/?ticket={s}", "Bearer {s}", "?access_token={s}&a=1"):
         assert secret not in redact("before " + template.format(s=secret) + " after")
+
+
+def test_an_empty_user_part_counts_as_credentials() -> None:
+    from shared.urls import check_https_url, split
+
+    parts = split("https://:@slack.com/api/")
+    assert parts is not None and parts.has_credentials
+    import pytest as _pytest
+
+    with _pytest.raises(ValueError, match="user name or password"):
+        check_https_url("https://:@slack.com/api/", "https://slack.com/api/")

@@ -50,6 +50,8 @@ UNSAFE_RESPONSE_URLS = [
     "https://hooks.slack.com.evil.example/commands/T01/1/abc",
     "https://evil.example\\@hooks.slack.com/commands/T01/1/abc",
     "https://hooks.slack.com:99999/commands/T01/1/abc",
+    "https://:@hooks.slack.com/commands/T01/1/abc",  # an empty user info: found by the fuzz test below
+    " http://hooks.slack.com/commands/T01/1/abc",
     "",
 ]
 UNSAFE_SERVICE_URLS = [
@@ -61,6 +63,7 @@ UNSAFE_SERVICE_URLS = [
     "https://evil.example\\.botframework.com/",
     "https://evil.example%5c.botframework.com/",
     "https://user:pw@smba.trafficmanager.net/teams/",
+    "https://:@smba.trafficmanager.net/teams/",  # an empty user info: found by the fuzz test below
 ]
 
 
@@ -421,7 +424,7 @@ async def test_function_app_dead_letters_unsafe_service_urls_at_once(tmp_path: P
             backend, teams_activity("act-ok", "https://smba.trafficmanager.net/teams/"), "teams-activities"
         )
         first = await runner.until(settled(bad | {control}))
-    dead = await dead_letters(backend, "teams-activities")
+        dead = await dead_letters(backend, "teams-activities")
     assert {dead[m] for m in bad} == {("ServiceUrlNotAllowed", 1)}
     assert first[control].outcome is Settlement.ABANDONED
     assert first[control].error is not None and "setting TEAMS_APP_ID" in first[control].error
