@@ -24,7 +24,7 @@ class Answers:
         self.verdicts: list[Verdict] = []
         self.reaches_socket = reaches_socket
 
-    async def __call__(self, verdict: Verdict) -> bool:
+    def __call__(self, verdict: Verdict) -> bool:
         self.verdicts.append(verdict)
         return self.reaches_socket
 

@@ -37,7 +37,7 @@ class ScriptedConnector:
         for i in range(self.count):
             env = slack_event(f"Ev{i}")
 
-            async def answer(verdict: Verdict, key: str = env.dedupe_key) -> bool:
+            def answer(verdict: Verdict, key: str = env.dedupe_key) -> bool:
                 if verdict.ack:
                     self.acked.append(key)
                 return verdict.ack

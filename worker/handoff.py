@@ -7,9 +7,11 @@ the rule allows, and counts what reached the platform:
 
     await handoff.deliver(envelope, answer, also=(envelope_id,), policy=AckPolicy.REDELIVERS)
 
-    async def answer(verdict: Verdict) -> bool:     # the connector's socket write
-        ... send the ack (verdict.ack) or the negative answer (not verdict.ack) ...
-        return True                                  # whether it reached the socket
+    def answer(verdict: Verdict) -> bool | asyncio.Future[bool]:   # the connector's socket write
+        ... queue the ack (verdict.ack) or the negative answer (not verdict.ack) ...
+        return writer.send_nowait(frame)    # a future: True once written (or a bool said at once)
+
+The answer action does not suspend the hand-off: the acked counter follows the write's future.
 
 Dedupe keys, the same order for every platform: `envelope.dedupe_key` first (the platform-stable id that
 is also the Service Bus MessageId: Slack `event_id`, Teams `conversation.id/activity.id`), then the
@@ -41,7 +43,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -86,11 +88,15 @@ class Verdict:
     error: str | None = None
 
 
-Answer = Callable[[Verdict], Awaitable[bool]]
-"""The connector's action: send the verdict to the platform; True when it reached the socket."""
+_ACK_PUBLISHED = Verdict(True, Outcome.PUBLISHED)
+_ACK_DUPLICATE = Verdict(True, Outcome.DUPLICATE)
+
+Answer = Callable[[Verdict], "bool | asyncio.Future[bool]"]
+"""The connector's action: queue the verdict for the platform; True (or a future of True) once it reached the
+socket, False when it could not."""
 
 
-async def _no_answer(_verdict: Verdict) -> bool:
+def _no_answer(_verdict: Verdict) -> bool:
     return True
 
 
@@ -194,6 +200,7 @@ class Handoff:
         self._metrics = metrics or Metrics()
         self._clock = clock
         self._waiters: dict[str, asyncio.Future[bool]] = {}
+        self._unwritten: dict[asyncio.Future[bool], dict[tuple[str, str], int]] = {}
         self.breaker = breaker or Breaker(clock=clock)
         self.retry_buffer_size = retry_buffer
         self._kept: OrderedDict[str, tuple[Envelope, tuple[str, ...]]] = OrderedDict()
@@ -232,7 +239,13 @@ class Handoff:
         policy: AckPolicy = AckPolicy.REDELIVERS,
     ) -> Outcome:
         """Apply the ack rule to one envelope; `answer` is called at most once, with the verdict."""
-        keys = (envelope.dedupe_key, *(k for k in also if k and k != envelope.dedupe_key))
+        key = envelope.dedupe_key
+        if not also:
+            keys: tuple[str, ...] = (key,)
+        elif key in also or "" in also:
+            keys = (key, *(k for k in also if k and k != key))
+        else:
+            keys = (key, *also)
         platform, kind = envelope.platform, envelope.kind  # StrEnums: usable as metric labels as they are
         metrics = self._metrics
         metrics.received(platform, kind)
@@ -240,7 +253,7 @@ class Handoff:
         if state is KeyState.DONE:
             metrics.duplicate(platform, kind)
             log.info("duplicate dropped platform=%s dedupe_key=%s", platform, envelope.dedupe_key)
-            await self._answer(envelope, answer, Verdict(True, Outcome.DUPLICATE))
+            self._answer(envelope, answer, _ACK_DUPLICATE)
             return Outcome.DUPLICATE
         if state is KeyState.PENDING:
             if policy is AckPolicy.KEEP_UNTIL_DURABLE:
@@ -249,26 +262,41 @@ class Handoff:
             ok = await self._await_pending(keys)
             if ok:
                 metrics.duplicate(platform, kind)
-                await self._answer(envelope, answer, Verdict(True, Outcome.DUPLICATE))
+                self._answer(envelope, answer, _ACK_DUPLICATE)
                 return Outcome.DUPLICATE
-            await answer(Verdict(False, Outcome.FAILED, error="a concurrent publish of the same event failed"))
+            answer(Verdict(False, Outcome.FAILED, error="a concurrent publish of the same event failed"))
             return Outcome.FAILED
 
         self._dedupe.begin(keys)
         error = await self._publish(envelope, keys)
         if error is None:
-            await self._answer(envelope, answer, Verdict(True, Outcome.PUBLISHED))
+            self._answer(envelope, answer, _ACK_PUBLISHED)
             return Outcome.PUBLISHED
         if policy is AckPolicy.KEEP_UNTIL_DURABLE:
             return self._keep(envelope, keys, error)
         self._dedupe.release(keys)
         self._settle(keys, ok=False)
-        await answer(Verdict(False, Outcome.FAILED, error=error))
+        answer(Verdict(False, Outcome.FAILED, error=error))
         return Outcome.FAILED
 
-    async def _answer(self, envelope: Envelope, answer: Answer, verdict: Verdict) -> None:
-        if await answer(verdict):
+    def _answer(self, envelope: Envelope, answer: Answer, verdict: Verdict) -> None:
+        sent = answer(verdict)
+        if sent is True:
             self._metrics.acked(envelope.platform, envelope.kind)
+        elif sent is not False:
+            # Answers written together share one future: count them with one callback per batch.
+            counts = self._unwritten.get(sent)
+            if counts is None:
+                counts = self._unwritten[sent] = {}
+                sent.add_done_callback(self._count_acks)
+            label = (envelope.platform, envelope.kind)
+            counts[label] = counts.get(label, 0) + 1
+
+    def _count_acks(self, sent: asyncio.Future[bool]) -> None:
+        counts = self._unwritten.pop(sent, {})
+        if not sent.cancelled() and sent.result():
+            for (platform, kind), n in counts.items():
+                self._metrics.acked(platform, kind, n)
 
     async def _publish(self, envelope: Envelope, keys: tuple[str, ...]) -> str | None:
         """Publish through the breaker; None when durable (keys confirmed), else the error text."""

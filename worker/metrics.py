@@ -37,6 +37,10 @@ class _Counters:
         values = self.values
         values[labels] = values.get(labels, 0.0) + 1.0
 
+    def add(self, labels: tuple[str, ...], n: float) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + n
+
     def family(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labels, value in list(self.values.items()):
@@ -145,8 +149,8 @@ class Metrics:
         self._published.inc(platform, route)
         self._latency.observe(platform, seconds)
 
-    def acked(self, platform: str, kind: str) -> None:
-        self._acked.inc(platform, kind)
+    def acked(self, platform: str, kind: str, n: int = 1) -> None:
+        self._acked.add((platform, kind), n)
 
     def failed(self, platform: str, kind: str, error: str) -> None:
         self._failed.labels(platform, kind, error).inc()

@@ -62,7 +62,6 @@ class SlackConnection:
         self.hello: Hello | None = None
         self.disconnect_reason: str | None = None
         self.end_reason = ""
-        self.acked = 0
         self._in_flight = 0
         self._room = asyncio.Event()
         self._ws: ClientConnection | None = None
@@ -117,11 +116,12 @@ class SlackConnection:
             log.warning("slack connection %s: %s url=%s", self.id, self.end_reason, redact_url(self.url))
             return
         self._ws = ws
-        self._writer = FrameWriter(ws)
+        self._writer = FrameWriter(ws, f"slack connection {self.id}")
         loop = asyncio.get_running_loop()
         self._last_inbound = loop.time()
         try:
             async with asyncio.TaskGroup() as outer:
+                writer = outer.create_task(self._writer.run(), name=f"slack-acks-{self.id}")
                 keepalive = outer.create_task(self._keepalive(ws), name=f"slack-keepalive-{self.id}")
                 try:
                     async with asyncio.timeout(None) as drain_deadline, asyncio.TaskGroup() as tg:
@@ -137,6 +137,8 @@ class SlackConnection:
                     )
                 finally:
                     keepalive.cancel()
+                    self._writer.close()  # writes the acks queued so far, then returns
+                await writer
         finally:
             await ws.close()
             self.end_reason = self.end_reason or _close_description(ws)
@@ -204,10 +206,10 @@ class SlackConnection:
         self.disconnect_requested.set()
 
     async def _hand_off(self, frame: EnvelopeFrame) -> None:
-        async def answer(verdict: Verdict) -> bool:
+        def answer(verdict: Verdict) -> bool | asyncio.Future[bool]:
             if not verdict.ack:
                 return False  # no ack: Slack redelivers (events) or the user sees the failure (interactions)
-            return await self._ack(frame, verdict)
+            return self._ack(frame, verdict)
 
         try:
             await self._handoff.deliver(frame.envelope, answer, also=(frame.envelope_id,))
@@ -219,21 +221,15 @@ class SlackConnection:
             self._in_flight -= 1
             self._room.set()
 
-    async def _ack(self, frame: EnvelopeFrame, verdict: Verdict) -> bool:
+    def _ack(self, frame: EnvelopeFrame, verdict: Verdict) -> asyncio.Future[bool]:
         assert self._writer is not None
         payload = verdict.body if frame.accepts_response_payload else None
-        ack = build_ack(frame.envelope_id, payload)
-        if await self._writer.send(ack.text.encode()):
-            self.acked += 1
-            return True
-        log.warning(
-            "slack connection %s: socket closed before the ack; Slack redelivers envelope_id=%s dedupe_key=%s "
-            "(already durable: the redelivery is acked as a duplicate)",
-            self.id,
-            frame.envelope_id,
-            frame.envelope.dedupe_key,
-        )
-        return False
+        return self._writer.send_nowait(build_ack(frame.envelope_id, payload).text.encode())
+
+    @property
+    def acked(self) -> int:
+        """Acks written to this socket."""
+        return self._writer.frames if self._writer is not None else 0
 
     async def _keepalive(self, ws: ClientConnection) -> None:
         """Client pings, and a watchdog on inbound traffic (frames and pongs)."""

@@ -153,7 +153,7 @@ class HubConnection:
             compression=None,
             logger=_WS_LOGGER,
         )
-        self._writer = FrameWriter(self._ws)
+        self._writer = FrameWriter(self._ws, f"teams connection {self.name}")
         try:
             await self._ws.send(self.protocol.initiate())
             async with asyncio.timeout(t.handshake_timeout):
@@ -173,6 +173,9 @@ class HubConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as helpers:
+                assert self._writer is not None
+                writer = self._writer
+                helpers.create_task(writer.run(), name=f"teams-writer-{self.name}")
                 ping = helpers.create_task(self._ping(), name=f"teams-ping-{self.name}")
                 watch = helpers.create_task(self._watch(), name=f"teams-watch-{self.name}")
                 try:
@@ -193,6 +196,7 @@ class HubConnection:
                 finally:
                     ping.cancel()
                     watch.cancel()
+                    writer.close()  # writes the completions queued so far, then returns
         finally:
             await self._abort()
         reader = self._reader
@@ -212,8 +216,15 @@ class HubConnection:
             return False
         return await writer.send(frame.encode())
 
-    async def send_completion(self, invocation_id: str, result: Any) -> bool:
-        return await self.send(signalr.completion(invocation_id, result))
+    def send_nowait(self, frame: str) -> asyncio.Future[bool] | bool:
+        """Queue one encoded frame; its batch's future says whether it was written (False: no socket)."""
+        writer = self._writer
+        if writer is None:
+            return False
+        return writer.send_nowait(frame.encode())
+
+    def send_completion(self, invocation_id: str, result: Any) -> asyncio.Future[bool] | bool:
+        return self.send_nowait(signalr.completion(invocation_id, result))
 
     # --- internals ---
 

@@ -115,7 +115,7 @@ class TeamsConnector:
         bot_key = delivery.bot_key or conn.bot_key
         sent_status: list[int] = []
 
-        async def answer(verdict: Verdict) -> bool:
+        def answer(verdict: Verdict) -> bool | asyncio.Future[bool]:
             status = answer_status(verdict.ack)
             sent_status.append(status)
             if inv_id is None:
@@ -129,7 +129,7 @@ class TeamsConnector:
                 body=verdict.body,
                 invoke=delivery.is_invoke,
             )
-            return await conn.send_completion(inv_id, result)
+            return conn.send_completion(inv_id, result)
 
         outcome = await self.handoff.deliver(envelope, answer, also=decided.also, policy=self._policy)
         log.info(
@@ -159,4 +159,4 @@ class TeamsConnector:
             result = completion_result(
                 refused.envelope_id, refused.bot_key or conn.bot_key, refused.status, recv_at, epoch_ms()
             )
-            await conn.send_completion(inv_id, result)
+            conn.send_completion(inv_id, result)
