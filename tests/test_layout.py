@@ -272,3 +272,24 @@ def test_the_function_app_runs_with_only_its_own_files_and_requirements(tmp_path
     )
     assert indexed.returncode == 0, indexed.stderr
     assert "slack_events" in indexed.stdout and "teams_invokes" in indexed.stdout
+
+
+def test_no_two_classes_share_a_name_across_the_deployables() -> None:
+    """One of each: a name means one thing (`Outcome`, `Invocation`, `ServiceBusOptions` once meant two)."""
+    seen: dict[str, list[str]] = {}
+    for package in LAYERS:
+        for path in python_files(package):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    seen.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: places for name, places in seen.items() if len(places) > 1}
+    assert clashes == {}
+
+
+@pytest.mark.parametrize("cli", ["worker/cli.py", "devstack/cli.py", "localqueue/cli.py", "functions/__main__.py"])
+def test_command_lines_have_no_import_error_placeholders(cli: str) -> None:
+    tree = ast.parse((ROOT / cli).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            names = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
+            assert not names & {"ImportError", "ModuleNotFoundError"}, f"{cli}:{node.lineno}"

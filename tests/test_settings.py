@@ -85,3 +85,17 @@ def test_dotenv_is_read_by_python_dotenv_and_the_environment_wins(tmp_path: Path
 def test_function_settings() -> None:
     s = FunctionSettings.from_env({"SLACK_BOT_TOKEN": "xoxb-1", "UNRELATED": "x"})
     assert s.slack_bot_token is not None and s.slack_bot_token.get_secret_value() == "xoxb-1"
+
+
+@pytest.mark.parametrize(
+    ("geos", "ok"), [("amer", True), ("amer, EMEA", True), ("amer,mars", False), ("amer,amer", False), (" , ", False)]
+)
+def test_teams_geos_are_checked(geos: str, ok: bool) -> None:
+    env = {"TEAMS_APP_ID": "app", "TEAMS_APP_PASSWORD": "p", "TEAMS_TENANT_ID": "t", "TEAMS_GEOS": geos}
+    if ok:
+        settings = load_settings(env)
+        assert settings.teams is not None and set(settings.teams.slot_names) <= {"amer", "emea", "apac"}
+    else:
+        with pytest.raises(ConfigurationError) as err:
+            load_settings(env)
+        assert err.value.setting == "TEAMS_GEOS"

@@ -3,7 +3,7 @@
 Errors, translated at this boundary:
 
     SlackOpenError                 the call failed; worth retrying with backoff
-    ├── SlackRateLimitedError      HTTP 429 or `ratelimited`: wait `retry_after` seconds (Tier 1)
+    ├── SlackOpenRateLimited       HTTP 429 or `ratelimited`: wait `retry_after` seconds (Tier 1)
     └── SlackAuthError             a final error (invalid_auth, token_revoked, ...): never retry
 """
 
@@ -42,7 +42,7 @@ class SlackOpenError(RelaybusError):
         self.error = error
 
 
-class SlackRateLimitedError(SlackOpenError):
+class SlackOpenRateLimited(SlackOpenError):
     def __init__(self, retry_after: float) -> None:
         super().__init__("ratelimited", f"retry after {retry_after:g} s")
         self.retry_after = retry_after
@@ -68,7 +68,7 @@ class ConnectionOpener:
         except httpx.HTTPError as exc:
             raise SlackOpenError("transport_error", type(exc).__name__) from exc
         if response.status_code == 429:
-            raise SlackRateLimitedError(_retry_after(response))
+            raise SlackOpenRateLimited(_retry_after(response))
         try:
             body = response.json()
         except ValueError:
@@ -79,7 +79,7 @@ class ConnectionOpener:
             return str(body["url"])
         error = str(body.get("error") or f"http_{response.status_code}")
         if error == "ratelimited":
-            raise SlackRateLimitedError(_retry_after(response))
+            raise SlackOpenRateLimited(_retry_after(response))
         if error in FINAL_ERRORS:
             raise SlackAuthError(error)
         raise SlackOpenError(error)

@@ -26,7 +26,7 @@ from worker.connector import FatalConnectorError
 from worker.handoff import Handoff
 from worker.lifecycle import ConnectionStatus
 from worker.metrics import Metrics
-from worker.slack.api import ConnectionOpener, SlackAuthError, SlackOpenError, SlackRateLimitedError
+from worker.slack.api import ConnectionOpener, SlackAuthError, SlackOpenError, SlackOpenRateLimited
 from worker.slack.connection import SlackConnection
 from worker.slack.protocol import LINK_DISABLED, ROTATION_REASONS, TOO_MANY_WEBSOCKETS
 from worker.slack.settings import SlackSettings
@@ -142,7 +142,7 @@ class SlackPool:
                     f"Slack refused the app-level token (SLACK_APP_TOKEN): {exc.error}. Check the token "
                     "(xapp-..., scope connections:write) and that the app is installed; not retrying."
                 ) from exc
-            except SlackRateLimitedError as exc:
+            except SlackOpenRateLimited as exc:
                 delay = max(min(exc.retry_after, s.max_retry_after), next(backoff))
                 log.warning("slack slot %s: apps.connections.open rate limited, retrying in %.1f s", slot, delay)
                 self._status_if_not_live(slot, ConnectionStatus.FAILED_TO_CONNECT, "ratelimited")

@@ -82,7 +82,7 @@ _FIRST_ATTEMPT = RetryInfo()
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class AckFrame:
     text: str
     payload_dropped: bool = False
     """True when the requested ack payload would have reached the 20 KB limit and was left out."""
@@ -158,17 +158,17 @@ def _parse(data: str | bytes, connection_id: str | None, received_at: datetime |
         return Invalid("bad_envelope", f"{type(exc).__name__} while reading the envelope", envelope_id)
 
 
-def build_ack(envelope_id: str, payload: dict[str, Any] | None = None, *, limit: int = MAX_ACK_BYTES) -> Ack:
+def build_ack(envelope_id: str, payload: dict[str, Any] | None = None, *, limit: int = MAX_ACK_BYTES) -> AckFrame:
     """The ack frame for an envelope; a payload that would make the frame reach `limit` bytes is dropped."""
     bare = compact({"envelope_id": envelope_id})
     if len(bare.encode()) >= limit:
         raise ValueError(f"envelope_id too long for an ack frame ({len(envelope_id)} characters)")
     if payload is None:
-        return Ack(bare)
+        return AckFrame(bare)
     full = compact({"envelope_id": envelope_id, "payload": payload})
     if len(full.encode()) >= limit:
-        return Ack(bare, payload_dropped=True)
-    return Ack(full)
+        return AckFrame(bare, payload_dropped=True)
+    return AckFrame(full)
 
 
 def dedupe_keys(kind: Kind, envelope_id: str, payload: dict[str, Any]) -> tuple[str, ...]:
