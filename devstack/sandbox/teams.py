@@ -165,6 +165,7 @@ class TeamsSandbox:
         # knobs
         self.unauthorized = False
         self.negotiate_delay = 0.0
+        self._closing = asyncio.Event()
         """Seconds the service negotiate takes to answer (a slow or hanging service)."""
         self._negotiate_failures: deque[tuple[int, float | None, str]] = deque()
         self._hostile_urls: deque[str] = deque()
@@ -228,6 +229,7 @@ class TeamsSandbox:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closing.set()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -411,7 +413,8 @@ class TeamsSandbox:
     async def _service_negotiate(self, request: web.Request) -> web.Response:
         self.stats["service_negotiates"] += 1
         if self.negotiate_delay:
-            await asyncio.sleep(self.negotiate_delay)
+            with contextlib.suppress(TimeoutError):  # the sandbox closing ends the wait
+                await asyncio.wait_for(self._closing.wait(), self.negotiate_delay)
         first = request.match_info.get("first")
         geo = first or "draft" if self.contract == "shipped" else "draft"
         if self.contract == "shipped" and (first not in self.geos or "second" in request.match_info):
