@@ -49,6 +49,21 @@ class RetryInfo(BaseModel):
     reason: str | None = None
 
 
+class ReplyAddress(BaseModel):
+    """Where a function sends its synchronous answer to this envelope (Service Bus request/reply).
+
+    `queue` is the session-enabled reply queue, `session_id` names the worker process that holds the
+    socket and waits (`ReplyToSessionId`); the answer's CorrelationId is the envelope's MessageId.
+    `deadline` is when the worker stops waiting and sends the platform its fallback: an answer after it
+    is dropped (and counted) by the worker, so a function need not send one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue: str = Field(min_length=1)
+    session_id: str = Field(min_length=1, max_length=128)
+    deadline: datetime
+
+
 class Envelope(BaseModel):
     """One platform event, as it travels from the worker through a queue to a function."""
 
@@ -73,6 +88,11 @@ class Envelope(BaseModel):
     received_at: datetime
     connection_id: str | None = None
     retry: RetryInfo = RetryInfo()
+    accepts_response: bool = False
+    """The platform takes an answer in the ack (Slack `accepts_response_payload`, Teams invokes): such
+    envelopes travel on routes marked `responds` and may carry `reply_to`."""
+    reply_to: ReplyAddress | None = None
+    """Set by the worker when it waits for the answer (see `ReplyAddress`)."""
     payload: dict[str, Any]
 
     @property

@@ -38,6 +38,9 @@ class Route:
     lock_duration: timedelta = timedelta(seconds=60)
     duplicate_detection_window: timedelta = timedelta(minutes=10)
     description: str = ""
+    responds: bool = False
+    """Its envelopes can be answered synchronously (`Envelope.accepts_response`): the worker waits for the
+    function's answer within the platform's deadline, so these functions want always-ready instances."""
 
     def accepts(self, envelope: Envelope) -> bool:
         return envelope.platform == self.platform and envelope.kind in self.kinds
@@ -88,9 +91,16 @@ class RouteTable:
         return self._by_name[name]
 
     def route_for(self, envelope: Envelope) -> Route:
+        """The route for an envelope; where two take its platform and kind, the one whose `responds`
+        matches `envelope.accepts_response`."""
+        fallback: Route | None = None
         for route in self.routes:
             if route.accepts(envelope):
-                return route
+                if route.responds == envelope.accepts_response:
+                    return route
+                fallback = fallback or route
+        if fallback is not None:
+            return fallback
         raise RoutingError(f"no route for platform={envelope.platform} kind={envelope.kind}")
 
     def by_queue(self, queue_name: str, settings: Mapping[str, str] | None = None) -> Route:
@@ -121,13 +131,24 @@ ROUTES = RouteTable(
             description="Slack block actions, shortcuts and view submissions",
         ),
         Route(
+            name="slack_answers",
+            queue="slack-answers",
+            setting="SLACK_ANSWERS_QUEUE",
+            platform=Platform.SLACK,
+            kinds=frozenset({Kind.INTERACTIVE}),
+            lock_duration=timedelta(seconds=30),
+            responds=True,
+            description="Slack interactions answered in the ack: view submissions, external select options",
+        ),
+        Route(
             name="slack_commands",
             queue="slack-commands",
             setting="SLACK_COMMANDS_QUEUE",
             platform=Platform.SLACK,
             kinds=frozenset({Kind.SLASH_COMMANDS}),
             lock_duration=timedelta(seconds=30),
-            description="Slack slash commands",
+            responds=True,
+            description="Slack slash commands (an instant answer may ride in the ack)",
         ),
         Route(
             name="teams_activities",
@@ -145,7 +166,29 @@ ROUTES = RouteTable(
             platform=Platform.TEAMS,
             kinds=frozenset({Kind.INVOKE}),
             lock_duration=timedelta(seconds=30),
-            description="Teams invoke activities (Adaptive Card actions, task modules)",
+            responds=True,
+            description="Teams invoke activities (Adaptive Card actions, message extensions, task modules)",
         ),
     )
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyQueue:
+    """The session-enabled queue functions send synchronous answers to; each worker process reads its own
+    session (`ReplyAddress.session_id`). Answers expire after `time_to_live`: a dead worker's are never
+    delivered to its successor (another session) and vanish quickly."""
+
+    queue: str = "relaybus-replies"
+    setting: str = "RELAYBUS_REPLY_QUEUE"
+    time_to_live: timedelta = timedelta(seconds=30)
+    lock_duration: timedelta = timedelta(seconds=30)
+    max_delivery_count: int = 3
+
+    def queue_name(self, settings: Mapping[str, str] | None = None) -> str:
+        if settings is not None and settings.get(self.setting):
+            return settings[self.setting]
+        return self.queue
+
+
+REPLIES = ReplyQueue()

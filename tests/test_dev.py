@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shared.routes import ROUTES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,5 +66,5 @@ def test_dev_once_closes_the_loop_for_both_platforms(tmp_path: Path) -> None:
         check=True,
     ).stdout
     rows = {line.split()[0]: line.split() for line in stats.splitlines()[1:]}
-    assert set(rows) == {"slack-events", "slack-interactive", "slack-commands", "teams-activities", "teams-invokes"}
+    assert set(rows) == {route.queue for route in ROUTES}
     assert all(row[-1] == "0" for row in rows.values()), stats

@@ -25,7 +25,7 @@ import pytest
 
 from devstack.dev import ConnectionTracker, Console, shorten
 from devstack.sandbox.slack import RecordedCall
-from devstack.sandbox.teams import Reply
+from devstack.sandbox.teams import BotReply
 from worker.lifecycle import ConnectionStatus, StatusBoard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,6 +377,6 @@ def test_recorded_replies_say_what_a_person_would_read() -> None:
     assert call("views.open", {"view": view, "trigger_id": "t"}).text == "New ticket"
     assert call("chat.update", {"blocks": "not json"}).text == ""
     card = {"contentType": "application/vnd.microsoft.card.adaptive", "content": {"body": [{"text": "Pick"}]}}
-    assert Reply("POST", "/", "c", None, {"type": "message", "attachments": [card]}, "").text == "Pick"
-    assert Reply("POST", "/", "c", None, {"text": "You said: x"}, "").text == "You said: x"
-    assert Reply("DELETE", "/", "c", "1", None, "").text == ""
+    assert BotReply("POST", "/", "c", None, {"type": "message", "attachments": [card]}, "").text == "Pick"
+    assert BotReply("POST", "/", "c", None, {"text": "You said: x"}, "").text == "You said: x"
+    assert BotReply("DELETE", "/", "c", "1", None, "").text == ""

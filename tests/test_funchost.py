@@ -25,6 +25,7 @@ from devstack.funchost import (
 )
 from localqueue import LocalQueueBackend, LocalQueueStore, QueueConfig
 from shared.errors import ConfigurationError, DeadLetterError
+from shared.routes import ROUTES
 from tests.conftest_local import ORDERED, PLAIN, message, test_queues
 from tests.factories import slack_event
 
@@ -320,13 +321,7 @@ async def test_the_real_function_app(tmp_path: Path) -> None:
     host = LocalFunctionsHost(
         function_app.app, backend, ROOT / "host.json", {}, on_outcome=outcomes.append, poll_interval=0.02
     )
-    assert {f.name for f in host.functions} == {
-        "slack_events",
-        "slack_interactive",
-        "slack_commands",
-        "teams_activities",
-        "teams_invokes",
-    }
+    assert {f.name for f in host.functions} == {route.name for route in ROUTES}
     unhandled = slack_event("EvNoHandler", event_type="relaybus_test_nothing_handles_this")
     await backend.send(message(unhandled.message_id, "slack-events", "T01:C01", unhandled.to_body()))
     await backend.send(message("garbage", "slack-interactive", body=b"not json"))

@@ -6,17 +6,28 @@ from datetime import timedelta
 
 import pytest
 
-from shared.envelope import Kind, Platform
+from shared.envelope import Envelope, Kind, Platform
 from shared.errors import RoutingError
 from shared.routes import ROUTES, Route, RouteTable
 from tests.factories import slack_event, teams_message
 from worker.publish import build_message
 
 
-def test_every_platform_kind_has_exactly_one_route() -> None:
-    pairs = [(p, k) for r in ROUTES for p in [r.platform] for k in r.kinds]
-    assert len(pairs) == len(set(pairs))
-    assert {(Platform.SLACK, Kind.EVENTS_API), (Platform.TEAMS, Kind.INVOKE)} <= set(pairs)
+def test_every_platform_kind_and_answerability_has_exactly_one_route() -> None:
+    triples = [(p, k, r.responds) for r in ROUTES for p in [r.platform] for k in r.kinds]
+    assert len(triples) == len(set(triples))
+    assert {(Platform.SLACK, Kind.EVENTS_API, False), (Platform.TEAMS, Kind.INVOKE, True)} <= set(triples)
+
+
+def test_envelopes_that_take_an_answer_travel_on_their_own_route() -> None:
+    base = slack_event().model_dump()
+    interactive = {**base, "kind": "interactive", "payload": {"type": "view_submission"}}
+    assert ROUTES.route_for(Envelope.model_validate({**interactive, "accepts_response": True})).name == "slack_answers"
+    assert ROUTES.route_for(Envelope.model_validate(interactive)).name == "slack_interactive"
+    # a command always goes to its route, answerable or not
+    command = {**base, "kind": "slash_commands", "payload": {"command": "/x"}}
+    assert ROUTES.route_for(Envelope.model_validate(command)).name == "slack_commands"
+    assert ROUTES.get("slack_answers").responds and ROUTES.get("teams_invokes").responds
 
 
 def test_route_for_and_queue_name_override() -> None:

@@ -158,4 +158,4 @@ def test_the_service_bus_backend_warms_up_only_the_enabled_platforms_queues() ->
     teams_only = load_settings({"TEAMS_APP_ID": "app", "TEAMS_APP_PASSWORD": "p", "TEAMS_TENANT_ID": "t"})
     assert queues_in_use(teams_only) == ["teams-activities", "teams-invokes"]
     renamed = load_settings({"SLACK_APP_TOKEN": "xapp-1-test", "SLACK_EVENTS_QUEUE": "my-events"})
-    assert queues_in_use(renamed) == ["my-events", "slack-interactive", "slack-commands"]
+    assert queues_in_use(renamed) == ["my-events", "slack-interactive", "slack-answers", "slack-commands"]

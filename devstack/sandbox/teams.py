@@ -15,7 +15,7 @@
   server pings every `keepalive` s, a client-silence timeout, tokens that expire after `expires_in`
   (the socket is then closed with `allowReconnect`);
 - a Bot Connector at `sandbox.service_url` (`/botconnector/v3/conversations/…`) recording replies
-  (`Reply.text`: what a person would read of one).
+  (`BotReply.text`: what a person would read of one).
 
 Test knobs: `silent`, `frozen`, `drop_all()`, `close_all(error, allow_reconnect)`, `send_raw()`,
 `fail_replies()`. Helpers: `send_user_message(text)`, `send_card_action(data)`, `send_activity()`,
@@ -90,7 +90,7 @@ class Session:
 
 
 @dataclass(frozen=True)
-class Reply:
+class BotReply:
     method: str
     path: str
     conversation_id: str
@@ -173,7 +173,7 @@ class TeamsSandbox:
         # state
         self.sessions: dict[str, Session] = {}
         self.pending: deque[SandboxEnvelope] = deque()
-        self.replies: list[Reply] = []
+        self.replies: list[BotReply] = []
         self.acked: dict[str, dict[str, Any]] = {}
         """envelopeId -> the completion result that acked it (status 200)."""
         self.completions: list[dict[str, Any]] = []
@@ -391,7 +391,7 @@ class TeamsSandbox:
         async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(predicate)
 
-    async def wait_replies(self, count: int = 1, within: float = 5.0) -> list[Reply]:
+    async def wait_replies(self, count: int = 1, within: float = 5.0) -> list[BotReply]:
         await self.wait_for(lambda: len(self.replies) >= count, within)
         return list(self.replies)
 
@@ -741,7 +741,7 @@ class TeamsSandbox:
         if request.can_read_body:
             with contextlib.suppress(ValueError):
                 body = await request.json()
-        reply = Reply(
+        reply = BotReply(
             method=request.method,
             path=request.path,
             conversation_id=request.match_info["conversation"],
