@@ -29,8 +29,9 @@ import pkgutil
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from functions.context import Context
 from shared.envelope import Envelope, Kind, Platform
@@ -39,8 +40,20 @@ from shared.redact import redact
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Context], Awaitable[None]]
+Handler = Callable[[Context], Awaitable[Any]]
+"""`async def handler(ctx) -> Response | None` (a `functions.responses.Response` answers synchronously)."""
 H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """What dispatch did: whether a handler ran, and the answer (the first non-None a listener returned)."""
+
+    ran: bool
+    response: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ran
 
 
 class HandlerLoadError(RelaybusError):
@@ -173,8 +186,9 @@ class Bot:
             return self.teams.find(envelope)
         return []
 
-    async def dispatch(self, ctx: Context) -> bool:
-        """Run the handlers for `ctx.envelope` in registration order; False when no handler wants it."""
+    async def dispatch(self, ctx: Context) -> Dispatched:
+        """Run the handlers for `ctx.envelope` in registration order. The first answer a listener returns is
+        the envelope's answer; a later one is logged and ignored. Falsy when no handler wants the envelope."""
         handlers = self.find(ctx.envelope)
         if not handlers:
             log.info(
@@ -184,10 +198,22 @@ class Bot:
                 ctx.envelope.event_type,
                 ctx.envelope.dedupe_key,
             )
-            return False
+            return Dispatched(False)
+        response: Any = None
         for handler in handlers:
-            await handler(ctx)
-        return True
+            answer = await handler(ctx)
+            if answer is None:
+                continue
+            if response is None:
+                response = answer
+            else:
+                log.error(
+                    "%s.%s returned a second answer for dedupe_key=%s: ignored (the first listener's answer stands)",
+                    handler.__module__,
+                    handler.__qualname__,
+                    ctx.envelope.dedupe_key,
+                )
+        return Dispatched(True, response)
 
     def discover(self, package: str) -> list[str]:
         """Import every module of `package` (its handlers register themselves); returns their names.

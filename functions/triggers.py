@@ -128,7 +128,7 @@ async def process_message(
         delivery_count=msg.delivery_count or 1,
     )
     try:
-        return await bot.dispatch(ctx)
+        return (await bot.dispatch(ctx)).ran
     except RecipientGone as exc:
         # Retrying cannot help (the user blocked or removed the bot), and dead-lettering every message
         # to such a user would bury real failures: complete it, say so once.
