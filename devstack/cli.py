@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop by itself once the demo got its replies and every connection is Online (or failed); "
         "exit 0 only if the demo completed and every connection came Online",
     )
-    dev.add_argument("--messages", type=_count, default=3, help="scripted user messages per sandbox (default 3)")
+    dev.add_argument(
+        "--messages",
+        type=_count,
+        default=7,
+        help="scripted user interactions per sandbox (default 7: every kind of the Slack script once)",
+    )
     dev.add_argument(
         "--timeout", type=_seconds, default=60.0, help="with --once: stop after this many seconds at most (default 60)"
     )

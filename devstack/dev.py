@@ -204,6 +204,7 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
                     overrides.update(dict.fromkeys(_LEAVE_OUT[choice.name], ""))
                 if choice.demo is not None:
                     overrides.update(choice.demo.settings())
+            state_line = await _state_for_dev(env, overrides, queue_path.parent, stack)
             merged = {**env, **overrides}
             # The function app reads its settings from the process environment at import.
             os.environ.update(merged)
@@ -213,7 +214,7 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
                 return 2
             worker = Worker(settings)
             host = _functions_host(worker, merged)
-            banner(out, args, choices, _listeners(), queue_path, log_path)
+            banner(out, args, choices, _listeners(), queue_path, log_path, state_line)
             console = Console(out, live=not args.quiet)
             tracker = ConnectionTracker(worker.metrics.status)
             progress = Progress()
@@ -276,7 +277,32 @@ async def _run_host(host: LocalFunctionsHost, worker: Worker, stopping: asyncio.
     while worker.health is not None and not worker.health.port and not stopping.is_set():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if not stopping.is_set():
-        await host.run(stopping)
+        try:
+            await host.run(stopping)
+        finally:
+            import function_app
+
+            await function_app.clients.aclose()  # the reply clients and the state store of this event loop
+
+
+async def _state_for_dev(
+    env: Mapping[str, str], overrides: dict[str, str], folder: Path, stack: contextlib.AsyncExitStack
+) -> str:
+    """The state store the function app gets: what the settings name, else Azurite when it is installed and
+    starts (`python -m devstack.azurite` installs it; `make test` does too), else the embedded SQLite file.
+    Returns the banner's line saying which, and why."""
+    if env.get("RELAYBUS_STATE_CONNECTION") or env.get("RELAYBUS_STATE_TABLE_ENDPOINT"):
+        return "Azure Table Storage as configured (RELAYBUS_STATE_CONNECTION / RELAYBUS_STATE_TABLE_ENDPOINT)"
+    from devstack.azurite import start_for_dev
+
+    azurite, why = await asyncio.to_thread(start_for_dev, folder / "azurite", install_if_missing=False)
+    if azurite is not None:
+        stack.callback(azurite.stop)
+        overrides["RELAYBUS_STATE_CONNECTION"] = azurite.connection_string
+        return why
+    path = env.get("RELAYBUS_STATE_PATH") or str(folder / "state.db")
+    overrides["RELAYBUS_STATE_PATH"] = path
+    return f"embedded SQLite store {path} ({why})"
 
 
 def _functions_host(worker: Worker, settings: Mapping[str, str]) -> LocalFunctionsHost:
@@ -586,6 +612,7 @@ def banner(
     listeners: Sequence[str],
     queue_path: Path,
     log_path: Path,
+    state_line: str = "",
 ) -> None:
     demos = [c.demo for c in choices if c.demo is not None]
     lines = ["relaybus dev — worker, local queue, local functions host" + (" and sandboxes" if demos else "")]
@@ -598,6 +625,8 @@ def banner(
         lines.append(f"  send your own {demo.title} message:")
         lines += [f"    {command}" for command in demo.injection()]
     lines.append(f"  queue: {queue_path} (inspect: python -m worker queue stats --path {queue_path})")
+    if state_line:
+        lines.append(f"  state: {state_line}")
     lines.append(f"  logs: {log_path} (the previous run's: {log_path.name}.1)")
     if args.once:
         lines.append(f"  --once: stops when the demo is done (at most {args.timeout:g} s); Ctrl-C stops earlier")

@@ -26,11 +26,20 @@ optional callback) sees each invocation's outcome as it happens (the `dev` comma
 The host uses its own connections to the queue file: given the worker's `LocalQueueBackend`, it opens
 a second one on the same file (so the worker may close its backend while the host drains) and only
 borrows the worker's in-process "new messages" signal to pick messages up without polling delay.
+
+While it runs, the host installs a `LocalOutbox` over that connection as the function side's outbox
+(`functions.outbox.install`): synchronous answers go to the reply queue (session, CorrelationId, time to
+live) and retries that back off are scheduled messages of the same file, so `make dev` and the tests see
+what Azure does. Settlement follows from what the function did, as on Azure: a handler that raised and
+whose retry was scheduled has returned normally, so its message is COMPLETED (`FunctionRun.sent` shows
+the scheduled copy, `FunctionStats.retries_scheduled` counts them); after the last attempt it raises
+`DeadLetterError("MaxAttemptsExceeded", ...)` and is dead-lettered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
@@ -49,6 +58,7 @@ import azure.functions as func
 from azure.functions.meta import Datum
 from azure.functions.servicebus import ServiceBusMessage
 
+from functions import outbox as function_outbox
 from functions.triggers import indexed_functions
 from localqueue import (
     Disposition,
@@ -61,6 +71,7 @@ from localqueue import (
     queue_configs,
 )
 from shared.errors import ConfigurationError, DeadLetterError
+from shared.queue_message import QueueMessage
 from shared.routes import ROUTES, RouteTable
 
 log = logging.getLogger(__name__)
@@ -285,6 +296,13 @@ class FunctionRun:
     error: str | None = None
     dead_letter_reason: str | None = None
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    sent: tuple[QueueMessage, ...] = ()
+    """What the function sent through the outbox during this invocation (answers, scheduled retries)."""
+
+    @property
+    def retry(self) -> QueueMessage | None:
+        """The scheduled copy of this message for its next attempt, if the function sent one."""
+        return next((m for m in self.sent if m.queue == self.queue and m.scheduled_enqueue_time is not None), None)
 
 
 @dataclass(slots=True)
@@ -299,6 +317,8 @@ class FunctionStats:
     max_in_flight: int = 0
     sessions_active: int = 0
     max_sessions_active: int = 0
+    retries_scheduled: int = 0
+    answers_sent: int = 0
 
 
 @dataclass(slots=True)
@@ -334,6 +354,14 @@ class HostStats:
     def in_flight(self) -> int:
         return self._sum("in_flight")
 
+    @property
+    def retries_scheduled(self) -> int:
+        return self._sum("retries_scheduled")
+
+    @property
+    def answers_sent(self) -> int:
+        return self._sum("answers_sent")
+
 
 class _Out(func.Out[Any]):
     """A local output binding: keeps the value the function set."""
@@ -346,6 +374,32 @@ class _Out(func.Out[Any]):
 
     def get(self) -> Any:
         return self._value
+
+
+# -- the outbox ---------------------------------------------------------------------------------------------
+
+_sent_here: contextvars.ContextVar[list[QueueMessage] | None] = contextvars.ContextVar("funchost_sent", default=None)
+
+
+class LocalOutbox:
+    """The function side's outbox over the local queue (`functions.outbox.Outbox`): answers to the reply queue,
+    scheduled retries to the function's own queue, with their CorrelationId, SessionId, time to live and
+    scheduled time, in the same file the worker reads. What an invocation sends is recorded in its
+    `FunctionRun.sent`."""
+
+    def __init__(self, backend: LocalQueueBackend) -> None:
+        self._backend = backend
+        self.sent = 0
+
+    async def send(self, message: QueueMessage) -> None:
+        await self._backend.send(message)
+        self.sent += 1
+        recorded = _sent_here.get()
+        if recorded is not None:
+            recorded.append(message)
+
+    async def close(self) -> None:
+        """Nothing to close: the host owns the queue connection."""
 
 
 # -- the host ---------------------------------------------------------------------------------------------
@@ -403,6 +457,9 @@ class LocalFunctionsHost:
         """Listen on every function's queue until `stopping` is set; then finish in-flight invocations."""
         backend = LocalQueueBackend(self._path, queues=self._queues, clock=self._clock)
         self._backend = backend
+        local_outbox = LocalOutbox(backend)
+        previous_outbox = function_outbox.installed()
+        function_outbox.install(local_outbox)
         try:
             await backend.open()
             log.info(
@@ -415,6 +472,8 @@ class LocalFunctionsHost:
                     listener = self._session_listener if fn.sessions else self._listener
                     group.create_task(listener(fn, stopping), name=f"funchost-{fn.name}")
         finally:
+            if function_outbox.installed() is local_outbox:
+                function_outbox.install(previous_outbox)
             await backend.close()
             self._backend = None
             log.info("local functions host stopped")
@@ -529,6 +588,8 @@ class LocalFunctionsHost:
         outputs = {name: _Out() for name in fn.outputs}
         error: str | None = None
         reason: str | None = None
+        sent: list[QueueMessage] = []
+        recording = _sent_here.set(sent)
         try:
             async with asyncio.TaskGroup() as group:
                 renewal = group.create_task(self._renew_locks(fn, message, lease, started), name="lock-renewal")
@@ -553,7 +614,9 @@ class LocalFunctionsHost:
                     renewal.cancel()
         finally:
             stats.in_flight -= 1
+            _sent_here.reset(recording)
         self._count(stats, outcome)
+        stats.answers_sent += sum(1 for m in sent if m.correlation_id is not None)
         record = FunctionRun(
             function=fn.name,
             queue=fn.queue,
@@ -565,15 +628,20 @@ class LocalFunctionsHost:
             error=error,
             dead_letter_reason=reason,
             outputs={name: out.get() for name, out in outputs.items()},
+            sent=tuple(sent),
         )
+        retry = record.retry
+        if retry is not None:
+            stats.retries_scheduled += 1
         log.info(
-            "invocation function=%s message_id=%s session_id=%s delivery_count=%d outcome=%s seconds=%.3f",
+            "invocation function=%s message_id=%s session_id=%s delivery_count=%d outcome=%s seconds=%.3f%s",
             fn.name,
             message.message_id,
             message.session_id,
             message.delivery_count,
             outcome.value,
             record.seconds,
+            f" retry_scheduled={retry.message_id}" if retry is not None else "",
         )
         if self._on_outcome is not None:
             try:

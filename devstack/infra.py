@@ -4,9 +4,12 @@ Two files are generated so that the deployed queues and the local emulator's que
 the route table:
 
 - `infra/queues.json`: the queue list `infra/main.bicep` reads with `loadJsonContent('queues.json')`
-  (one Service Bus queue, one function-app setting and one Flex Consumption function per route);
+  (one Service Bus queue, one function-app setting and one Flex Consumption function per route), and
+  `replyQueue`, the session-enabled queue of synchronous answers (`shared.routes.REPLIES`: short TTL,
+  expired answers deleted rather than dead-lettered, no duplicate detection; the function app may only
+  send to it, the worker may only receive from it);
 - `infra/emulator/Config.json`: the Service Bus emulator's entity file (its documented `UserConfig`
-  schema), mounted by `docker-compose.yml`.
+  schema), mounted by `docker-compose.yml`: the route queues, then the reply queue.
 
 The emulator accepts narrower ranges than Azure (duplicate detection at most 5 minutes, message TTL at
 most 1 hour, lock 5 s to 5 min, max delivery count at most 10). Values outside them are clamped in
@@ -28,7 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from shared.routes import ROUTES, Route, RouteTable
+from shared.routes import REPLIES, ROUTES, ReplyQueue, Route, RouteTable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUEUES_JSON = Path("infra/queues.json")
@@ -87,10 +90,27 @@ def queue_entry(route: Route, ttl: timedelta = DEFAULT_MESSAGE_TTL) -> dict[str,
     }
 
 
-def render_queues(routes: RouteTable = ROUTES) -> dict[str, Any]:
+def reply_queue_entry(replies: ReplyQueue = REPLIES) -> dict[str, Any]:
+    """`queues.json`'s `replyQueue`: what Bicep needs to create the reply queue and tell the worker its name."""
+    return {
+        "name": replies.queue,
+        "appSetting": replies.setting,
+        "requiresSession": True,
+        "maxDeliveryCount": replies.max_delivery_count,
+        "lockDuration": iso_duration(replies.lock_duration),
+        "requiresDuplicateDetection": False,
+        "deadLetteringOnMessageExpiration": False,
+        "defaultMessageTimeToLive": iso_duration(replies.time_to_live),
+        "description": "Synchronous answers from the functions to the worker process waiting for them "
+        "(one session per worker process; unclaimed answers expire)",
+    }
+
+
+def render_queues(routes: RouteTable = ROUTES, replies: ReplyQueue = REPLIES) -> dict[str, Any]:
     return {
         "$comment": "Generated from shared/routes.py by `python -m devstack infra generate`; do not edit.",
         "queues": [queue_entry(route) for route in routes],
+        "replyQueue": reply_queue_entry(replies),
     }
 
 
@@ -121,13 +141,39 @@ def emulator_queue(route: Route, limits: EmulatorLimits = EMULATOR_LIMITS) -> di
     }
 
 
-def render_emulator_config(routes: RouteTable = ROUTES) -> dict[str, Any]:
+def emulator_reply_queue(replies: ReplyQueue = REPLIES, limits: EmulatorLimits = EMULATOR_LIMITS) -> dict[str, Any]:
+    """The reply queue in the emulator's Config.json (the emulator wants every property, even unused ones)."""
+    return {
+        "Name": replies.queue,
+        "Properties": {
+            "DeadLetteringOnMessageExpiration": False,
+            "DefaultMessageTimeToLive": iso_duration(min(replies.time_to_live, limits.max_message_ttl)),
+            "DuplicateDetectionHistoryTimeWindow": iso_duration(
+                _clamp(
+                    replies.time_to_live,
+                    limits.min_duplicate_detection_window,
+                    limits.max_duplicate_detection_window,
+                )
+            ),
+            "ForwardDeadLetteredMessagesTo": "",
+            "ForwardTo": "",
+            "LockDuration": iso_duration(
+                _clamp(replies.lock_duration, limits.min_lock_duration, limits.max_lock_duration)
+            ),
+            "MaxDeliveryCount": min(replies.max_delivery_count, limits.max_delivery_count),
+            "RequiresDuplicateDetection": False,
+            "RequiresSession": True,
+        },
+    }
+
+
+def render_emulator_config(routes: RouteTable = ROUTES, replies: ReplyQueue = REPLIES) -> dict[str, Any]:
     return {
         "UserConfig": {
             "Namespaces": [
                 {
                     "Name": EMULATOR_NAMESPACE,
-                    "Queues": [emulator_queue(route) for route in routes],
+                    "Queues": [*(emulator_queue(route) for route in routes), emulator_reply_queue(replies)],
                     "Topics": [],
                 }
             ],

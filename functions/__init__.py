@@ -29,11 +29,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from functions.bot import Bot, Handler, HandlerLoadError
-from functions.context import Context, ReplyClients
+from functions.context import Context, ReplyClients, SlackContext, TeamsContext
 from functions.settings import FunctionSettings
 from shared.errors import ConfigurationError, DeadLetterError, RecipientGone, RelaybusError, UnsafeReplyTarget
 
 if TYPE_CHECKING:
+    from functions.errors import Retry
     from functions.slack_api import SlackApiError, SlackReplyGone, SlackWebClient
     from functions.teams_api import BotConnectorClient, BotConnectorError, MessageWritesBlocked
     from functions.triggers import register_routes
@@ -52,9 +53,12 @@ __all__ = [
     "RecipientGone",
     "RelaybusError",
     "ReplyClients",
+    "Retry",
     "SlackApiError",
+    "SlackContext",
     "SlackReplyGone",
     "SlackWebClient",
+    "TeamsContext",
     "UnsafeReplyTarget",
     "register_routes",
 ]
@@ -67,6 +71,7 @@ _LAZY = {
     "BotConnectorError": "functions.teams_api",
     "MessageWritesBlocked": "functions.teams_api",
     "register_routes": "functions.triggers",
+    "Retry": "functions.errors",
 }
 
 

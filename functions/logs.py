@@ -32,14 +32,18 @@ class _RedactingFactory:
             message = record.getMessage()
         except Exception:  # arguments that do not fit the format: the handler reports that itself
             message = None
-        if message is not None:
-            cleaned = redact(message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        try:
+            if message is not None:
+                cleaned = redact(message)
+                if cleaned != message:
+                    record.msg, record.args = cleaned, None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
+            if record.stack_info:
+                record.stack_info = redact(record.stack_info)
+        except Exception:  # the redaction itself failed (at interpreter shutdown): say nothing rather than leak
+            record.msg, record.args = "(a log record that could not be redacted was withheld)", None
+            record.exc_info = record.exc_text = record.stack_info = None
         return record
 
 

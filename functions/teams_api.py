@@ -41,10 +41,15 @@ RETRY_STATUSES = frozenset({412, 429, 502, 503, 504})
 
 
 class BotConnectorError(RelaybusError):
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+    """`retry_after`: the service's Retry-After (seconds) on the last answer, when it sent one (429)."""
+
+    def __init__(
+        self, message: str, status: int | None = None, code: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 class MessageWritesBlocked(BotConnectorError, RecipientGone):
@@ -208,6 +213,12 @@ class BotConnectorClient:
     async def typing(self, service_url: str, conversation_id: str) -> None:
         await self.send(service_url, conversation_id, {"type": "typing"})
 
+    async def create_conversation(self, service_url: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /v3/conversations (`ConversationParameters`: bot, members, channelData.tenant, …); returns
+        the `ConversationResourceResponse` (`id`, maybe `serviceUrl` and `activityId`). See
+        `functions.state.proactive.create_conversation`."""
+        return await self._call("POST", service_url, "v3/conversations", dict(parameters))
+
     # --- transport ---
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -257,7 +268,9 @@ class BotConnectorClient:
                 log.warning("Bot Connector %s answered %d; retry %d in %.2f s", where, status, attempt, delay)
                 await self._sleep(delay)
                 continue
-            raise BotConnectorError(f"{where} answered {status}{f' ({code})' if code else ''}", status, code)
+            raise BotConnectorError(
+                f"{where} answered {status}{f' ({code})' if code else ''}", status, code, _retry_after(response)
+            )
 
 
 def _q(value: str) -> str:

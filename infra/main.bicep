@@ -142,12 +142,18 @@ param registrySku string = 'Basic'
 @description('Key Vault purge protection (cannot be turned off again).')
 param keyVaultPurgeProtection bool = true
 
+@description('Name of the state table in the storage account of the function app (functions.state).')
+@minLength(3)
+@maxLength(63)
+param stateTableName string = 'relaybusstate'
+
 @description('Days Log Analytics keeps data.')
 @minValue(30)
 @maxValue(730)
 param logRetentionInDays int = 30
 
 var queues = loadJsonContent('queues.json').queues
+var replyQueue = loadJsonContent('queues.json').replyQueue
 var token = uniqueString(resourceGroup().id, baseName)
 var prefix = toLower(baseName)
 var compact = replace(prefix, '-', '')
@@ -190,6 +196,7 @@ module serviceBus 'modules/servicebus.bicep' = {
     sku: serviceBusSku
     premiumCapacity: serviceBusPremiumCapacity
     queues: queues
+    replyQueue: replyQueue
     workerPrincipalId: workerIdentity.properties.principalId
     functionPrincipalId: functionIdentity.properties.principalId
     functionQueueRole: functionQueueRole
@@ -267,6 +274,7 @@ module functionApp 'modules/functionapp.bicep' = {
     identityPrincipalId: functionIdentity.properties.principalId
     serviceBusFqdn: serviceBus.outputs.fullyQualifiedNamespace
     queues: queues
+    replyQueueName: serviceBus.outputs.replyQueueName
     appInsightsConnectionString: monitoring.outputs.connectionString
     instanceMemoryMB: functionInstanceMemoryMB
     maximumInstanceCount: functionMaximumInstanceCount
@@ -279,6 +287,7 @@ module functionApp 'modules/functionapp.bicep' = {
     teamsTenantId: teamsTenantId
     teamsAppPasswordSecretUri: enableTeams ? teamsAppPasswordSecret!.outputs.uri : ''
     tags: tags
+    stateTableName: stateTableName
   }
 }
 
@@ -298,6 +307,7 @@ module worker 'modules/worker.bicep' = if (deployWorker) {
     memory: workerMemory
     serviceBusFqdn: serviceBus.outputs.fullyQualifiedNamespace
     queues: queues
+    replyQueueName: serviceBus.outputs.replyQueueName
     appInsightsConnectionString: monitoring.outputs.connectionString
     logLevel: workerLogLevel
     enableSlack: enableSlack

@@ -12,6 +12,7 @@ from localqueue.backend import LocalQueueBackend
 from localqueue.store import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_DELIVERY_COUNT_EXCEEDED,
+    TTL_EXPIRED,
     Disposition,
     LocalQueueError,
     LocalQueueStore,
@@ -30,6 +31,7 @@ from localqueue.store import (
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_DELIVERY_COUNT_EXCEEDED",
+    "TTL_EXPIRED",
     "Disposition",
     "LocalQueueBackend",
     "LocalQueueError",

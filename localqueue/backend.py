@@ -184,7 +184,10 @@ class LocalQueueBackend:
     # -- QueueBackend --------------------------------------------------------------------------------
 
     async def send(self, message: QueueMessage) -> None:
-        """Return once the message is committed to disk (or was a duplicate within the window)."""
+        """Return once the message is committed to disk (or was a duplicate within the window).
+
+        A message with a `scheduled_enqueue_time` becomes available then (as `schedule()`); `time_to_live`,
+        `correlation_id`, `reply_to` and `reply_to_session_id` are stored with it."""
         await self._enqueue(message, None)
 
     async def schedule(self, message: QueueMessage, available_at: datetime) -> None:
@@ -270,6 +273,12 @@ class LocalQueueBackend:
     async def receive_from_session(self, lease: SessionLease) -> StoredMessage | None:
         return await self._on_reader(self._reader.receive_from_session, lease)
 
+    async def poll_session(
+        self, lease: SessionLease, known_version: int | None = None
+    ) -> tuple[int, StoredMessage | None]:
+        """`LocalQueueStore.poll_session`: a receive that costs nothing while no other connection wrote."""
+        return await self._on_reader(self._reader.poll_session, lease, known_version)
+
     async def renew_session_lock(self, lease: SessionLease) -> float:
         return await self._on_reader(self._reader.renew_session_lock, lease)
 
@@ -287,6 +296,11 @@ class LocalQueueBackend:
 
     async def renew_lock(self, lock_token: str) -> float:
         return await self._on_reader(self._reader.renew_lock, lock_token)
+
+    @property
+    def expired(self) -> int:
+        """Expired messages this backend's receivers removed (dead-lettered or deleted)."""
+        return self._reader.expired + self._writer.expired
 
     async def stats(self) -> list[QueueStats]:
         return await self._on_reader(self._reader.stats)

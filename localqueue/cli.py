@@ -25,7 +25,10 @@ dead_lettered, total, sessions_locked (sessions held by a consumer now).
 
 JSON lines hold message_id, session_id, application_properties, delivery_count, enqueued_at and the
 body (as JSON when it is strict JSON, else as text: invalid UTF-8 bytes as `\\xNN`), plus queue,
-sequence_number and state, one record per line whatever the data (U+2028, U+2029 and U+0085 escaped).
+sequence_number and state, one record per line whatever the data (U+2028, U+2029 and U+0085 escaped);
+and when they are set: correlation_id, reply_to, reply_to_session_id (request/reply), time_to_live
+(seconds) with expires_at, scheduled_enqueue_time (what the sender asked for) and scheduled_for (when
+the message becomes available).
 """
 
 from __future__ import annotations
@@ -215,6 +218,14 @@ def describe(message: StoredMessage) -> dict[str, Any]:
     }
     if message.available_at > message.enqueued_at:
         record["scheduled_for"] = _iso(message.available_at)
+    for key in ("correlation_id", "reply_to", "reply_to_session_id", "time_to_live"):
+        value = getattr(message, key)
+        if value is not None:
+            record[key] = value
+    if message.expires_at is not None:
+        record["expires_at"] = _iso(message.expires_at)
+    if message.scheduled_at is not None:
+        record["scheduled_enqueue_time"] = _iso(message.scheduled_at)
     if message.locked_until is not None:
         record["locked_until"] = _iso(message.locked_until)
     if message.dead_letter_reason is not None or message.dead_lettered_at is not None:

@@ -37,7 +37,16 @@ Semantics, per queue (`QueueConfig`, built from the route table's `Route`):
   `renew_session_lock()` and by every receive in it); `receive_from_session()` returns that session's
   messages strictly in order, one in flight at a time. Messages received in a session are locked by the
   session lock: when it expires or the session is released, they return to the queue;
-- scheduled messages (`schedule()`) become available at their time.
+- scheduled messages (`schedule()`, or a `QueueMessage.scheduled_enqueue_time`) become available at
+  their time;
+- time to live: a message expires `time_to_live` seconds after it became available (its own
+  `QueueMessage.time_to_live`, at most the queue's `QueueConfig.time_to_live`). An expired message is
+  never delivered: sweeps (every receive applies them to its queue) dead-letter it with reason
+  `TTLExpiredException` when the queue has `dead_letter_on_expiration`, else delete it, and count it in
+  `expired`. A locked message does not expire until its lock ends (as on Service Bus);
+- request/reply: `correlation_id`, `reply_to` and `reply_to_session_id` are stored and returned as they
+  were sent (`StoredMessage`). The reply queue (`shared.routes.REPLIES`) is in every store built from
+  the route table (`queue_configs`): sessions on, a short TTL, expired replies deleted.
 
 Inspection (`stats`, `peek`, `messages`, `dead_letters`, `resubmit`) works on any store file; it first
 applies pending lock expiries so that the figures are current.
@@ -72,19 +81,22 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from shared.errors import PermanentPublishError, RelaybusError
 from shared.jsonfmt import compact
 from shared.queue_message import QueueMessage
-from shared.routes import ROUTES, Route, RouteTable
+from shared.routes import REPLIES, ROUTES, ReplyQueue, Route, RouteTable
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first release; 2: request/reply fields, time to live, scheduled time (added in place to older files)."""
 APPLICATION_ID = 0x52424C51
 """`PRAGMA application_id` of a relaybus queue file ("RBLQ"); files of earlier versions carry 0."""
 _QUEUE_TABLES = frozenset({"queues", "messages", "dedupe", "sessions"})
 _MESSAGE_COLUMNS = frozenset({"seq", "queue", "message_id", "session_id", "properties", "body", "state"})
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+TTL_EXPIRED = "TTLExpiredException"
+"""Service Bus' dead-letter reason for an expired message."""
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 """Service Bus Standard tier's message size limit."""
 _MAX_DEAD_LETTER_TEXT = 4096
@@ -134,6 +146,10 @@ class QueueConfig:
     max_delivery_count: int = 10
     lock_duration: float = 60.0
     duplicate_detection_window: float = 600.0
+    time_to_live: float | None = None
+    """The queue's default (and longest) message time to live in seconds; None: messages live until consumed."""
+    dead_letter_on_expiration: bool = True
+    """Expired messages go to the dead-letter sub-queue (True) or are deleted (False, the reply queue)."""
 
     @classmethod
     def from_route(cls, route: Route, name: str | None = None) -> QueueConfig:
@@ -145,15 +161,37 @@ class QueueConfig:
             duplicate_detection_window=route.duplicate_detection_window.total_seconds(),
         )
 
+    @classmethod
+    def from_reply_queue(cls, replies: ReplyQueue = REPLIES, name: str | None = None) -> QueueConfig:
+        """The reply queue: sessions (one per waiting worker process), replies expire after the TTL and vanish."""
+        ttl = replies.time_to_live.total_seconds()
+        return cls(
+            name=name or replies.queue,
+            sessions=True,
+            max_delivery_count=replies.max_delivery_count,
+            lock_duration=replies.lock_duration.total_seconds(),
+            duplicate_detection_window=max(ttl, 20.0),
+            time_to_live=ttl,
+            dead_letter_on_expiration=False,
+        )
+
 
 def queue_configs(
-    routes: RouteTable = ROUTES, queue_settings: Mapping[str, str] | None = None
+    routes: RouteTable = ROUTES,
+    queue_settings: Mapping[str, str] | None = None,
+    replies: ReplyQueue | None = REPLIES,
 ) -> dict[str, QueueConfig]:
-    """One `QueueConfig` per route, keyed by the queue name in effect (app-setting overrides applied)."""
+    """One `QueueConfig` per route and one for the reply queue (unless `replies` is None), keyed by the queue
+    name in effect (app-setting overrides such as `SLACK_EVENTS_QUEUE` or `RELAYBUS_REPLY_QUEUE` applied)."""
     configs: dict[str, QueueConfig] = {}
     for route in routes:
         name = route.queue_name(queue_settings)
         configs[name] = QueueConfig.from_route(route, name)
+    if replies is not None:
+        name = replies.queue_name(queue_settings)
+        if name in configs:
+            raise ValueError(f"the reply queue {name!r} is also a route's queue")
+        configs[name] = QueueConfig.from_reply_queue(replies, name)
     return configs
 
 
@@ -176,10 +214,26 @@ class StoredMessage:
     dead_letter_reason: str | None = None
     dead_letter_description: str | None = None
     dead_lettered_at: float | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    reply_to_session_id: str | None = None
+    time_to_live: float | None = None
+    """Seconds, as in effect (the message's own, at most the queue's default); None: no expiry."""
+    expires_at: float | None = None
+    scheduled_at: float | None = None
+    """The scheduled enqueue time the sender asked for (None: sent for now)."""
 
     @property
     def enqueued_time(self) -> datetime:
         return datetime.fromtimestamp(self.enqueued_at, UTC)
+
+    @property
+    def scheduled_enqueue_time(self) -> datetime | None:
+        return None if self.scheduled_at is None else datetime.fromtimestamp(self.scheduled_at, UTC)
+
+    @property
+    def expires_at_time(self) -> datetime | None:
+        return None if self.expires_at is None else datetime.fromtimestamp(self.expires_at, UTC)
 
     @property
     def locked_until_time(self) -> datetime | None:
@@ -210,7 +264,8 @@ class QueueStats:
 
 _COLUMNS = (
     "queue, seq, message_id, session_id, properties, body, enqueued_at, visible_at, delivery_count, state, "
-    "lock_token, locked_until, dead_letter_reason, dead_letter_description, dead_lettered_at"
+    "lock_token, locked_until, dead_letter_reason, dead_letter_description, dead_lettered_at, "
+    "correlation_id, reply_to, reply_to_session_id, time_to_live, expires_at, scheduled_at"
 )
 
 _SCHEMA = (
@@ -219,7 +274,9 @@ _SCHEMA = (
         sessions INTEGER NOT NULL,
         max_delivery_count INTEGER NOT NULL,
         lock_duration REAL NOT NULL,
-        duplicate_detection_window REAL NOT NULL
+        duplicate_detection_window REAL NOT NULL,
+        time_to_live REAL,
+        dead_letter_on_expiration INTEGER NOT NULL DEFAULT 1
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS messages (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -237,12 +294,14 @@ _SCHEMA = (
         session_lock TEXT,
         dead_letter_reason TEXT,
         dead_letter_description TEXT,
-        dead_lettered_at REAL
+        dead_lettered_at REAL,
+        correlation_id TEXT,
+        reply_to TEXT,
+        reply_to_session_id TEXT,
+        time_to_live REAL,
+        expires_at REAL,
+        scheduled_at REAL
     )""",
-    "CREATE INDEX IF NOT EXISTS messages_by_state ON messages(queue, state, seq)",
-    "CREATE INDEX IF NOT EXISTS messages_by_session ON messages(queue, session_id, seq)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_lock ON messages(lock_token) WHERE lock_token IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS messages_by_session_lock ON messages(session_lock) WHERE session_lock IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS dedupe (
         queue TEXT NOT NULL,
         message_id TEXT NOT NULL,
@@ -258,14 +317,33 @@ _SCHEMA = (
         PRIMARY KEY (queue, session_id)
     ) WITHOUT ROWID""",
 )
+_MIGRATIONS: tuple[tuple[str, str, str], ...] = (
+    # (table, column, declaration): columns schema 2 added; ALTER TABLE adds them to a file of schema 1
+    ("messages", "correlation_id", "TEXT"),
+    ("messages", "reply_to", "TEXT"),
+    ("messages", "reply_to_session_id", "TEXT"),
+    ("messages", "time_to_live", "REAL"),
+    ("messages", "expires_at", "REAL"),
+    ("messages", "scheduled_at", "REAL"),
+    ("queues", "time_to_live", "REAL"),
+    ("queues", "dead_letter_on_expiration", "INTEGER NOT NULL DEFAULT 1"),
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS messages_by_state ON messages(queue, state, seq)",
+    "CREATE INDEX IF NOT EXISTS messages_by_session ON messages(queue, session_id, seq)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_lock ON messages(lock_token) WHERE lock_token IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS messages_by_session_lock ON messages(session_lock) WHERE session_lock IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(queue, expires_at) WHERE expires_at IS NOT NULL",
+)
 
 _DEDUPE = (
     "INSERT INTO dedupe(queue, message_id, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT(queue, message_id) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at <= ?"
 )
 _INSERT = (
-    "INSERT INTO messages(queue, message_id, session_id, properties, body, enqueued_at, visible_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages(queue, message_id, session_id, properties, body, enqueued_at, visible_at, "
+    "correlation_id, reply_to, reply_to_session_id, time_to_live, expires_at, scheduled_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _RANDOM_HEX = "lower(hex(randomblob(16)))"
 
@@ -297,6 +375,8 @@ class LocalQueueStore:
         self._create = create
         self._conn: sqlite3.Connection | None = None
         self._next_prune = 0.0
+        self.expired = 0
+        """Messages this store found expired and removed (dead-lettered or deleted) in its sweeps."""
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -355,6 +435,10 @@ class LocalQueueStore:
                     raise LocalQueueError(f"{self.path} has schema {version}, newer than this code ({SCHEMA_VERSION})")
                 for statement in _SCHEMA:
                     tx.execute(statement)
+                if version < SCHEMA_VERSION:
+                    _migrate(tx)
+                for statement in _INDEXES:
+                    tx.execute(statement)
                 # Set only when different: a write here would touch the file on every open, and an
                 # inspection that changes nothing should leave the file (and its mtime) alone.
                 if version != SCHEMA_VERSION:
@@ -363,7 +447,9 @@ class LocalQueueStore:
                     tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 if self._given is not None:
                     tx.executemany(
-                        "INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO queues(name, sessions, max_delivery_count, lock_duration, "
+                        "duplicate_detection_window, time_to_live, dead_letter_on_expiration) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
                                 q.name,
@@ -371,6 +457,8 @@ class LocalQueueStore:
                                 q.max_delivery_count,
                                 q.lock_duration,
                                 q.duplicate_detection_window,
+                                q.time_to_live,
+                                int(q.dead_letter_on_expiration),
                             )
                             for q in self._given.values()
                         ],
@@ -405,7 +493,10 @@ class LocalQueueStore:
         return self.send_batch([(message, available_at)])[0]
 
     def send_batch(self, items: Sequence[tuple[QueueMessage, float | None]]) -> list[bool]:
-        """Store messages in one transaction. Returns per message whether it was stored (False: duplicate)."""
+        """Store messages in one transaction. Returns per message whether it was stored (False: duplicate).
+
+        A message becomes available at `available_at` (epoch seconds) when given, else at its
+        `scheduled_enqueue_time`, else now."""
         results: list[bool] = []
         with self._transaction() as tx:
             now = self._clock()
@@ -417,6 +508,11 @@ class LocalQueueStore:
                 if tx.execute(_DEDUPE, (message.queue, message.message_id, now + window, now)).rowcount == 0:
                     results.append(False)
                     continue
+                scheduled = message.scheduled_enqueue_time
+                if available_at is None and scheduled is not None:
+                    available_at = scheduled.timestamp()
+                visible = now if available_at is None else max(now, available_at)
+                ttl = _effective_ttl(message.time_to_live, config.time_to_live)
                 tx.execute(
                     _INSERT,
                     (
@@ -426,7 +522,13 @@ class LocalQueueStore:
                         compact(dict(message.application_properties)),
                         message.body,
                         now,
-                        now if available_at is None else max(now, available_at),
+                        visible,
+                        message.correlation_id,
+                        message.reply_to,
+                        message.reply_to_session_id,
+                        ttl,
+                        None if ttl is None else visible + ttl,
+                        available_at,
                     ),
                 )
                 results.append(True)
@@ -490,6 +592,7 @@ class LocalQueueStore:
             now = self._clock()
             until = now + config.lock_duration
             self._session_held(tx, lease, now)
+            self._expire(tx, config, now)
             in_flight = tx.execute(
                 "SELECT 1 FROM messages WHERE queue = ? AND session_id = ? AND state = 1 LIMIT 1",
                 (lease.queue, lease.session_id),
@@ -577,6 +680,14 @@ class LocalQueueStore:
             now = self._clock()
             names = {r[0] for r in tx.execute("SELECT DISTINCT queue FROM messages WHERE state = 1")}
             names |= {r[0] for r in tx.execute("SELECT DISTINCT queue FROM sessions")}
+            names |= {
+                r[0]
+                for r in tx.execute(
+                    "SELECT DISTINCT queue FROM messages "
+                    "WHERE expires_at IS NOT NULL AND expires_at <= ? AND state = 0",
+                    (now,),
+                )
+            }
             for name in sorted(names):
                 self._sweep(tx, self._config_for(name), now)
 
@@ -643,10 +754,12 @@ class LocalQueueStore:
         with self._transaction() as tx:
             now = self._clock()
             moved = tx.execute(
-                "INSERT INTO messages(queue, message_id, session_id, properties, body, enqueued_at, visible_at) "  # noqa: S608 - constant fragments
-                "SELECT queue, message_id, session_id, properties, body, ?, ? "
+                "INSERT INTO messages(queue, message_id, session_id, properties, body, enqueued_at, visible_at, "  # noqa: S608 - constant fragments
+                "correlation_id, reply_to, reply_to_session_id, time_to_live, expires_at) "
+                "SELECT queue, message_id, session_id, properties, body, ?, ?, correlation_id, reply_to, "
+                "reply_to_session_id, time_to_live, CASE WHEN time_to_live IS NULL THEN NULL ELSE ? + time_to_live END "
                 f"FROM messages WHERE {where} ORDER BY seq",
-                (now, now, *params),
+                (now, now, now, *params),
             ).rowcount
             tx.execute(f"DELETE FROM messages WHERE {where}", params)  # noqa: S608 - constant fragments
         return moved
@@ -702,9 +815,63 @@ class LocalQueueStore:
         )
 
     def _sweep(self, tx: sqlite3.Connection, config: QueueConfig, now: float) -> None:
-        """Expired locks: back to the queue, or to the dead-letter queue when deliveries are used up."""
+        """Expired locks: back to the queue, or to the dead-letter queue when deliveries are used up; then
+        expired messages."""
         self._return(tx, config, now, "queue = ? AND state = 1 AND locked_until <= ?", (config.name, now))
         tx.execute("DELETE FROM sessions WHERE queue = ? AND locked_until <= ?", (config.name, now))
+        self._expire(tx, config, now)
+
+    def _expire(self, tx: sqlite3.Connection, config: QueueConfig, now: float) -> None:
+        """Messages past their time to live (not locked): dead-lettered or deleted, as the queue says."""
+        where = "queue = ? AND expires_at IS NOT NULL AND expires_at <= ? AND state = 0"
+        if config.dead_letter_on_expiration:
+            n = tx.execute(
+                "UPDATE messages SET state = 2, dead_letter_reason = ?, dead_letter_description = ?, "  # noqa: S608 - constant fragments
+                f"dead_lettered_at = ? WHERE {where}",
+                (TTL_EXPIRED, "The message expired and was dead lettered.", now, config.name, now),
+            ).rowcount
+        else:
+            n = tx.execute(f"DELETE FROM messages WHERE {where}", (config.name, now)).rowcount  # noqa: S608
+        if n:
+            self.expired += n
+            log.info("local queue %s: %d message(s) expired on %s", self.path, n, config.name)
+
+    # -- polling (receivers that wait for messages other processes send) -------------------------------
+
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version`: changes whenever another connection committed to the file."""
+        return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def poll_session(self, lease: SessionLease, known_version: int | None = None) -> tuple[int, StoredMessage | None]:
+        """`receive_from_session(lease)` when it may find something, without a write lock otherwise.
+
+        Returns the file's data version (read first) and the message, if any. With `known_version` (the
+        version an earlier empty poll returned) nothing is read while no other connection committed; then a
+        read-only look for an available message comes before the write transaction of a receive. A poller
+        thus costs the writers nothing while its session stays empty."""
+        conn = self._connection()
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if known_version is not None and version == known_version:
+            return version, None
+        now = self._clock()
+        found = conn.execute(
+            "SELECT 1 FROM messages WHERE queue = ? AND session_id = ? AND state = 0 AND visible_at <= ? "
+            "AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
+            (lease.queue, lease.session_id, now, now),
+        ).fetchone()
+        if found is None:
+            self._session_held_now(lease)
+            return version, None
+        return version, self.receive_from_session(lease)
+
+    def _session_held_now(self, lease: SessionLease) -> None:
+        row = (
+            self._connection()
+            .execute("SELECT locked_until FROM sessions WHERE lock_token = ?", (lease.token,))
+            .fetchone()
+        )
+        if row is None or row[0] <= self._clock():
+            raise LockLostError(f"session {lease.session_id!r} on {lease.queue!r}: session lock lost")
 
     def _return(
         self, tx: sqlite3.Connection, config: QueueConfig, now: float, where: str, params: tuple[object, ...]
@@ -809,9 +976,37 @@ def _exceeded(config: QueueConfig) -> str:
 
 def _load_queues(tx: sqlite3.Connection) -> dict[str, QueueConfig]:
     return {
-        row[0]: QueueConfig(row[0], bool(row[1]), int(row[2]), float(row[3]), float(row[4]))
-        for row in tx.execute("SELECT * FROM queues")
+        row[0]: QueueConfig(
+            row[0],
+            bool(row[1]),
+            int(row[2]),
+            float(row[3]),
+            float(row[4]),
+            None if row[5] is None else float(row[5]),
+            bool(row[6]),
+        )
+        for row in tx.execute(
+            "SELECT name, sessions, max_delivery_count, lock_duration, duplicate_detection_window, time_to_live, "
+            "dead_letter_on_expiration FROM queues"
+        )
     }
+
+
+def _migrate(tx: sqlite3.Connection) -> None:
+    """Bring a file of an earlier schema to this one in place (columns added, nothing rewritten)."""
+    for table, column, declaration in _MIGRATIONS:
+        present = {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _effective_ttl(message_ttl: float | None, queue_ttl: float | None) -> float | None:
+    """A message lives its own time to live, at most the queue's default (Service Bus' rule)."""
+    if message_ttl is not None and message_ttl <= 0:
+        message_ttl = None
+    if message_ttl is None:
+        return queue_ttl
+    return message_ttl if queue_ttl is None else min(message_ttl, queue_ttl)
 
 
 def _properties(raw: Any, seq: Any, queue: Any) -> dict[str, str]:
@@ -828,7 +1023,8 @@ def _properties(raw: Any, seq: Any, queue: Any) -> dict[str, str]:
 
 def _message(row: Any) -> StoredMessage:
     (queue, seq, message_id, session_id, properties, body, enqueued_at, visible_at, delivery_count, state) = row[:10]
-    (lock_token, locked_until, dl_reason, dl_description, dl_at) = row[10:]
+    (lock_token, locked_until, dl_reason, dl_description, dl_at) = row[10:15]
+    (correlation_id, reply_to, reply_to_session_id, ttl, expires_at, scheduled_at) = row[15:21]
     return StoredMessage(
         queue=str(queue),
         sequence_number=int(seq),
@@ -845,4 +1041,14 @@ def _message(row: Any) -> StoredMessage:
         dead_letter_reason=None if dl_reason is None else str(dl_reason),
         dead_letter_description=None if dl_description is None else str(dl_description),
         dead_lettered_at=None if dl_at is None else float(dl_at),
+        correlation_id=_text(correlation_id),
+        reply_to=_text(reply_to),
+        reply_to_session_id=_text(reply_to_session_id),
+        time_to_live=None if ttl is None else float(ttl),
+        expires_at=None if expires_at is None else float(expires_at),
+        scheduled_at=None if scheduled_at is None else float(scheduled_at),
     )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.routes import ROUTES
+from shared.routes import REPLIES, ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,5 +66,5 @@ def test_dev_once_closes_the_loop_for_both_platforms(tmp_path: Path) -> None:
         check=True,
     ).stdout
     rows = {line.split()[0]: line.split() for line in stats.splitlines()[1:]}
-    assert set(rows) == {route.queue for route in ROUTES}
+    assert set(rows) == {route.queue for route in ROUTES} | {REPLIES.queue}
     assert all(row[-1] == "0" for row in rows.values()), stats

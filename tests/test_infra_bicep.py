@@ -23,7 +23,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from functions.settings import FunctionSettings
-from shared.routes import ROUTES
+from shared.routes import REPLIES, ROUTES
 from shared.teams_auth import TeamsCredentials
 from tests.bicep_tree import BicepFile, Declaration, Expr, body_of, parse, to_python, walk
 from worker.settings import ServiceBusSettings, WorkerSettings
@@ -40,6 +40,7 @@ ROLE_IDS = {
     "key-vault-secrets-user": "4633458b-17de-408a-b874-0445c86b69e6",
     "acr-pull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
     "storage-blob-data-owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "storage-table-data-contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "monitoring-metrics-publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
 # The only roles each file may assign; files not listed assign none.
@@ -47,7 +48,7 @@ ALLOWED_ROLES = {
     "servicebus.bicep": {"servicebus-data-sender", "servicebus-data-receiver", "servicebus-data-owner"},
     "secret.bicep": {"key-vault-secrets-user"},
     "registry.bicep": {"acr-pull"},
-    "functionapp.bicep": {"storage-blob-data-owner"},
+    "functionapp.bicep": {"storage-blob-data-owner", "storage-table-data-contributor"},
     "monitoring.bicep": {"monitoring-metrics-publisher"},
 }
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -67,7 +68,13 @@ FUNCTION_PLATFORM_SETTINGS = {
 WORKER_PLATFORM_SETTINGS = {"AZURE_CLIENT_ID", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
 # Settings that must not be set in Azure: a connection string the managed identity replaces, a
 # sandbox-only credential, and an alternative credential (a certificate file the image does not hold).
-NOT_IN_AZURE = {"ServiceBusConnection", "TEAMS_STATIC_TOKEN", "TEAMS_CERTIFICATE_PATH"}
+NOT_IN_AZURE = {
+    "ServiceBusConnection",
+    "TEAMS_STATIC_TOKEN",
+    "TEAMS_CERTIFICATE_PATH",
+    "RELAYBUS_STATE_CONNECTION",  # the state table is reached with the identity (RELAYBUS_STATE_TABLE_ENDPOINT)
+    "RELAYBUS_STATE_PATH",  # the embedded SQLite store: one machine, never a function app in Azure
+}
 
 
 @cache
@@ -165,11 +172,17 @@ def test_main_loads_the_queue_list_generated_from_the_route_table() -> None:
     ]
     for module in ("serviceBus", "functionApp", "worker"):
         assert _expr(main.modules[module].body["params"]["queues"]) == "queues"
+    assert _expr(main.variables["replyQueue"].body) == "loadJsonContent('queues.json').replyQueue"
+    assert _expr(main.modules["serviceBus"].body["params"]["replyQueue"]) == "replyQueue"
+    reply = json.loads((INFRA / "queues.json").read_text())["replyQueue"]
+    assert (reply["name"], reply["appSetting"]) == (REPLIES.queue, REPLIES.setting)
+    assert reply["name"] not in {q["name"] for q in queues}
 
 
 def test_every_queue_property_comes_from_queues_json() -> None:
     sb = bicep("servicebus.bicep")
-    (queue,) = sb.resources_of_type("Microsoft.ServiceBus/namespaces/queues")
+    queue, reply_queue = sorted(sb.resources_of_type("Microsoft.ServiceBus/namespaces/queues"), key=lambda d: d.name)
+    assert (queue.name, reply_queue.name) == ("queueResources", "replyQueueResource")
     loop = queue.loop
     assert loop is not None and (loop.text or b"").decode().startswith("[\n  for queue in queues:")
     body = queue.body
@@ -186,6 +199,25 @@ def test_every_queue_property_comes_from_queues_json() -> None:
     assert {k: _expr(v) for k, v in body["properties"].items()} == {f: f"queue.{f}" for f in fields}
     queues = json.loads((INFRA / "queues.json").read_text())["queues"]
     assert all(fields <= set(q) for q in queues)
+    # the reply queue: one resource, every property from queues.json's replyQueue (no duplicate detection
+    # window: it has none)
+    assert reply_queue.loop is None
+    assert _expr(reply_queue.body["name"]) == "replyQueue.name"
+    reply_fields = fields - {"duplicateDetectionHistoryTimeWindow"}
+    props = reply_queue.body["properties"]
+    assert {k: _expr(v) for k, v in props.items()} == {f: f"replyQueue.{f}" for f in reply_fields}
+    reply = json.loads((INFRA / "queues.json").read_text())["replyQueue"]
+    assert reply_fields <= set(reply)
+
+
+def test_the_reply_queue_has_sessions_a_short_ttl_and_drops_what_expires() -> None:
+    reply = json.loads((INFRA / "queues.json").read_text())["replyQueue"]
+    assert reply["requiresSession"] is True  # one session per worker process
+    assert reply["defaultMessageTimeToLive"] == f"PT{int(REPLIES.time_to_live.total_seconds())}S"
+    assert REPLIES.time_to_live.total_seconds() <= 60  # a dead worker's answers vanish quickly
+    assert reply["deadLetteringOnMessageExpiration"] is False  # an unclaimed answer is garbage, not a failure
+    assert reply["requiresDuplicateDetection"] is False
+    assert reply["maxDeliveryCount"] == REPLIES.max_delivery_count
 
 
 def test_namespace_is_identity_only_with_tls_1_2() -> None:
@@ -252,21 +284,83 @@ def test_no_role_is_assigned_at_resource_group_or_subscription_scope() -> None:
             assert "scope" in assignment.body, f"{path.name}: {assignment.name} defaults to the resource group"
 
 
+def _condition(assignment: Declaration) -> str | None:
+    """The `if (…)` of a role assignment (inside its loop, or on the resource), as source text."""
+    for node in walk(assignment.node):
+        if node.type == "if_statement":
+            text = (node.text or b"").decode()
+            return text[: text.index("{")].strip()
+    return None
+
+
+def _roles_by_principal_and_scope(file: BicepFile) -> dict[tuple[str, str], set[str]]:
+    """(principal, scope) -> the role GUIDs assigned there unconditionally (each pair by one resource)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for assignment in _role_assignments(file):
+        if _condition(assignment) is not None:
+            continue
+        key = (_expr(assignment.body["properties"]["principalId"]), _expr(assignment.body["scope"]))
+        assert key not in out, f"{key} assigned twice"
+        out[key] = _var_guids(file, _expr(assignment.body["properties"]["roleDefinitionId"]))
+    return out
+
+
+def test_with_the_receiver_role_functions_may_also_send_retries_to_their_own_queues() -> None:
+    """Scheduled retries go back to the trigger's queue: Data Owner includes sending, Data Receiver does not."""
+    sb = bicep("servicebus.bicep")
+    conditional = [a for a in _role_assignments(sb) if _condition(a) is not None]
+    assert [a.name for a in conditional] == ["functionRetrySenders"]
+    (retry,) = conditional
+    assert _condition(retry) == "if (functionQueueRole == 'Receiver')"
+    assert _expr(retry.body["scope"]) == "queueResources[i]"
+    assert _expr(retry.body["properties"]["principalId"]) == "functionPrincipalId"
+    assert _var_guids(sb, _expr(retry.body["properties"]["roleDefinitionId"])) == {ROLE_IDS["servicebus-data-sender"]}
+
+
 def test_worker_may_only_send_and_only_to_its_queues() -> None:
     sb = bicep("servicebus.bicep")
-    by_principal = {_expr(a.body["properties"]["principalId"]): a for a in _role_assignments(sb)}
-    sender = by_principal["workerPrincipalId"]
-    assert _var_guids(sb, _expr(sender.body["properties"]["roleDefinitionId"])) == {ROLE_IDS["servicebus-data-sender"]}
-    assert _expr(sender.body["scope"]) == "queueResources[i]"
-    receiver = by_principal["functionPrincipalId"]
-    assert _expr(receiver.body["scope"]) == "queueResources[i]"
-    assert _var_guids(sb, _expr(receiver.body["properties"]["roleDefinitionId"])) == {
+    roles = _roles_by_principal_and_scope(sb)
+    assert roles[("workerPrincipalId", "queueResources[i]")] == {ROLE_IDS["servicebus-data-sender"]}
+    assert roles[("functionPrincipalId", "queueResources[i]")] == {
         ROLE_IDS["servicebus-data-receiver"],
         ROLE_IDS["servicebus-data-owner"],
     }
     assert _expr(sb.variables["functionRoleId"].body) == (
         "functionQueueRole == 'Owner' ? dataOwnerRoleId : dataReceiverRoleId"
     )
+    # the route queues' loops run over `queues` only: the reply queue gets none of these roles
+    for assignment in _role_assignments(sb):
+        if _expr(assignment.body["scope"]) == "queueResources[i]":
+            loop = assignment.loop
+            assert loop is not None and (loop.text or b"").decode().startswith("[\n  for (queue, i) in queues:")
+
+
+def test_on_the_reply_queue_functions_may_only_send_and_the_worker_may_only_receive() -> None:
+    sb = bicep("servicebus.bicep")
+    roles = _roles_by_principal_and_scope(sb)
+    on_reply_queue = {principal: guids for (principal, scope), guids in roles.items() if scope == "replyQueueResource"}
+    assert on_reply_queue == {
+        "functionPrincipalId": {ROLE_IDS["servicebus-data-sender"]},
+        "workerPrincipalId": {ROLE_IDS["servicebus-data-receiver"]},
+    }
+    assert set(scope for _, scope in roles) == {"queueResources[i]", "replyQueueResource"}  # nothing wider
+    main = bicep("main.bicep")
+    params = main.modules["serviceBus"].body["params"]
+    assert _expr(params["workerPrincipalId"]) == "workerIdentity.properties.principalId"
+    assert _expr(params["functionPrincipalId"]) == "functionIdentity.properties.principalId"
+
+
+def test_both_apps_are_told_the_reply_queue() -> None:
+    main = bicep("main.bicep")
+    params = main.modules["worker"].body["params"]
+    assert _expr(params["replyQueueName"]) == "serviceBus.outputs.replyQueueName"  # created before the worker
+    assert _expr(bicep("servicebus.bicep").outputs["replyQueueName"].body) == "replyQueueResource.name"
+    env = _app_settings(bicep("worker.bicep"))
+    assert env[REPLIES.setting] == Expr("replyQueueName")
+    assert WorkerSettings.model_fields["reply_queue"].alias == REPLIES.setting
+    function_settings = _app_settings(bicep("functionapp.bicep"))
+    assert function_settings[REPLIES.setting] == Expr("replyQueueName")  # functions check reply_to against it
+    assert _expr(main.modules["functionApp"].body["params"]["replyQueueName"]) == "serviceBus.outputs.replyQueueName"
 
 
 def test_each_identity_reads_only_its_own_secrets() -> None:
@@ -376,6 +470,38 @@ def test_function_app_is_flex_consumption_python_311_with_identity_deployment() 
     assert storage.body["properties"]["allowSharedKeyAccess"] is False
 
 
+def test_state_table_exists_and_only_the_function_app_may_use_its_entities() -> None:
+    fa = bicep("functionapp.bicep")
+    (table_service,) = fa.resources_of_type("Microsoft.Storage/storageAccounts/tableServices")
+    assert _expr(table_service.body["parent"]) == "storage" and table_service.body["name"] == "default"
+    (table,) = fa.resources_of_type("Microsoft.Storage/storageAccounts/tableServices/tables")
+    assert _expr(table.body["parent"]) == table_service.name
+    assert _expr(table.body["name"]) == "stateTableName"
+    # the narrowest data role (entities of this table: read, write, delete), scoped to the table itself
+    contributor = {ROLE_IDS["storage-table-data-contributor"]}
+    (assignment,) = [
+        a
+        for a in _role_assignments(fa)
+        if _var_guids(fa, _expr(a.body["properties"]["roleDefinitionId"])) == contributor
+    ]
+    assert _expr(assignment.body["scope"]) == table.name
+    assert _expr(assignment.body["properties"]["principalId"]) == "identityPrincipalId"
+    (site,) = fa.resources_of_type("Microsoft.Web/sites")
+    assert assignment.name in {_expr(d) for d in site.body["dependsOn"]}  # the role exists when the app starts
+    # the settings the state store reads in Azure: identity-based, never a connection string
+    settings = _app_settings(fa)
+    assert _expr(settings["RELAYBUS_STATE_TABLE_ENDPOINT"]) == "storage.properties.primaryEndpoints.table"
+    assert _expr(settings["RELAYBUS_STATE_TABLE"]) == f"{table.name}.name"
+    assert _expr(settings["RELAYBUS_STATE_CLIENT_ID"]) == "identityClientId"
+    assert "RELAYBUS_STATE_CONNECTION" not in settings and "RELAYBUS_STATE_PATH" not in settings
+    (site_settings,) = [_expr(v) for k, v in site.body["properties"]["siteConfig"].items() if k == "appSettings"]
+    assert site_settings.endswith(", stateSettings)")
+    # the table name: one default, the same as the code's, passed through main.bicep
+    main = bicep("main.bicep")
+    assert main.params["stateTableName"].default == FunctionSettings.model_fields["state_table"].default
+    assert _expr(main.modules["functionApp"].body["params"]["stateTableName"]) == "stateTableName"
+
+
 def test_always_ready_keys_in_the_parameters_file_are_function_names() -> None:
     document = json.loads((INFRA / "main.parameters.json").read_text())
     keys = set(document["parameters"].get("alwaysReadyInstances", {}).get("value", {}))
@@ -419,6 +545,7 @@ def test_worker_sets_every_setting_the_worker_reads() -> None:
         "ServiceBusConnection__clientId",
         "RELAYBUS_QUEUE_BACKEND",
         "RELAYBUS_HTTP_HOST",
+        "RELAYBUS_REPLY_QUEUE",
     }
     assert required - set(settings) == set()
     known = _model_aliases(WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings)

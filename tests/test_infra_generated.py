@@ -22,7 +22,7 @@ from devstack.infra import (
     render_files,
     run_infra_command,
 )
-from shared.routes import ROUTES
+from shared.routes import REPLIES, ROUTES
 
 
 def _load(relative: Path) -> dict[str, object]:
@@ -74,15 +74,45 @@ def test_queues_json_is_the_route_table() -> None:
         assert queue["deadLetteringOnMessageExpiration"] is True
 
 
+def test_queues_json_has_the_reply_queue_from_the_contract() -> None:
+    reply = _load(QUEUES_JSON)["replyQueue"]
+    assert reply == {
+        "name": REPLIES.queue,
+        "appSetting": REPLIES.setting,
+        "requiresSession": True,
+        "maxDeliveryCount": REPLIES.max_delivery_count,
+        "lockDuration": iso_duration(REPLIES.lock_duration),
+        "requiresDuplicateDetection": False,
+        "deadLetteringOnMessageExpiration": False,
+        "defaultMessageTimeToLive": iso_duration(REPLIES.time_to_live),
+        "description": reply["description"],
+    }
+    assert isinstance(reply["description"], str) and reply["description"]
+
+
+def test_the_emulator_has_the_reply_queue_after_the_routes() -> None:
+    (namespace,) = _load(EMULATOR_CONFIG)["UserConfig"]["Namespaces"]  # type: ignore[index]
+    *_, reply = namespace["Queues"]
+    assert reply["Name"] == REPLIES.queue
+    props = reply["Properties"]
+    assert props["RequiresSession"] is True
+    assert props["DefaultMessageTimeToLive"] == iso_duration(REPLIES.time_to_live)  # within the emulator's 1 h
+    assert props["DeadLetteringOnMessageExpiration"] is False
+    assert props["RequiresDuplicateDetection"] is False
+    assert props["LockDuration"] == iso_duration(REPLIES.lock_duration)
+    assert props["MaxDeliveryCount"] == REPLIES.max_delivery_count
+    assert set(props) == set(namespace["Queues"][0]["Properties"])  # the emulator wants every property
+
+
 def test_emulator_config_is_the_route_table_within_the_emulator_limits() -> None:
     config = _load(EMULATOR_CONFIG)["UserConfig"]
     assert isinstance(config, dict)
     assert config["Logging"] == {"Type": "Console"}
     (namespace,) = config["Namespaces"]
     assert namespace["Name"] == "sbemulatorns"
-    assert [q["Name"] for q in namespace["Queues"]] == [r.queue for r in ROUTES]
+    assert [q["Name"] for q in namespace["Queues"]] == [*(r.queue for r in ROUTES), REPLIES.queue]
     limits = EMULATOR_LIMITS
-    for route, queue in zip(ROUTES, namespace["Queues"], strict=True):
+    for route, queue in zip(ROUTES, namespace["Queues"][:-1], strict=True):
         props = queue["Properties"]
         assert set(props) == {
             "DeadLetteringOnMessageExpiration",

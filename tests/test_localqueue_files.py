@@ -444,6 +444,7 @@ def test_stats_of_the_route_table_queues_as_the_readme_shows(tmp_path: Path) -> 
     proc = queue_cmd("stats", "--path", str(path), cwd=tmp_path)
     assert proc.stdout == (
         "queue              sessions  active  scheduled  locked  dead-lettered  total\n"
+        "relaybus-replies   yes            0          0       0              0      0\n"
         "slack-answers      no             0          0       0              0      0\n"
         "slack-commands     no             0          0       0              1      1\n"
         "slack-events       yes            2          0       1              0      3\n"

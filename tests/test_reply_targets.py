@@ -380,8 +380,8 @@ async def test_function_app_dead_letters_unsafe_response_urls_at_once_and_sends_
             assert first[message_id].dead_letter_reason == "UnsafeReplyTarget"
         dead = await dead_letters(backend, "slack-commands")
         assert {dead[m] for m in bad} == {("UnsafeReplyTarget", 1)}
-        # the allowed response_url did go out (through the proxy, which refused it: a redelivery)
-        assert first[control].outcome is Settlement.ABANDONED
+        # the allowed response_url did go out (through the proxy, which refused it: a retry that backs off)
+        assert first[control].outcome is Settlement.COMPLETED and first[control].retry is not None
         assert proxy.targets == {"CONNECT hooks.slack.com:443"}
 
 
@@ -426,8 +426,9 @@ async def test_function_app_dead_letters_unsafe_service_urls_at_once(tmp_path: P
         first = await runner.until(settled(bad | {control}))
         dead = await dead_letters(backend, "teams-activities")
     assert {dead[m] for m in bad} == {("ServiceUrlNotAllowed", 1)}
-    assert first[control].outcome is Settlement.ABANDONED
-    assert first[control].error is not None and "setting TEAMS_APP_ID" in first[control].error
+    assert first[control].outcome is Settlement.COMPLETED and first[control].retry is not None
+    retry = first[control].retry
+    assert retry is not None and "setting TEAMS_APP_ID" in retry.application_properties["relaybus_last_error"]
 
 
 async def test_unsafe_service_urls_never_request_a_token(

@@ -78,16 +78,28 @@ async def test_app_mention_is_answered_in_its_thread() -> None:
         assert reply.body["thread_ts"] in mention.body.decode()
 
 
-async def test_slash_command_is_answered_through_response_url_and_its_button_updates_the_message() -> None:
+async def test_slash_command_says_so_through_response_url_and_opens_the_modal_whose_button_updates() -> None:
     async with stack() as (slack, backend, clients):
         command = await slack.send_slash_command("/ticket", "printer on fire", user="U9")
         await deliver_and_reply(slack, backend, clients, command.key)
         answer: RecordedCall = await slack.wait_for_reply(lambda r: r.method == "response_url")
         assert answer.url == command.response_url
-        assert answer.body["response_type"] == "in_channel"
-        assert "printer on fire" in answer.body["text"]
-        button = answer.body["blocks"][1]["elements"][0]
-        assert button["action_id"] == "ack_button"
+        assert answer.body["response_type"] == "ephemeral" and "printer on fire" in answer.body["text"]
+        opened = await slack.wait_for_reply(lambda r: r.method == "views.open")
+        assert opened.body["trigger_id"] == command.trigger_id
+        assert opened.body["view"]["callback_id"] == "ticket_modal"
+
+        # the submitted modal posts the ticket with its button; the button then updates that message
+        metadata = opened.body["view"]["private_metadata"]
+        submit = await slack.send_view_submission(
+            "ticket_modal",
+            {"ticket_title": {"title": {"type": "plain_text_input", "value": "printer on fire"}}},
+            private_metadata=metadata,
+        )
+        await deliver_and_reply(slack, backend, clients, submit.key)
+        posted = await slack.wait_for_reply(lambda r: r.method == "chat.postMessage")
+        assert "printer on fire" in posted.body["text"]
+        assert posted.body["blocks"][1]["elements"][0]["action_id"] == "ack_button"
 
         click = await slack.send_block_action("ack_button", "ack", channel="C1", message_ts="1700000000.000100")
         await deliver_and_reply(slack, backend, clients, click.key)
@@ -103,7 +115,7 @@ async def test_a_reply_slack_will_never_accept_completes_the_message_without_ret
     # A response_url takes 5 posts; the sixth delivery of the same command meets `used_url`: retrying
     # cannot help, so the function completes the message (with a warning) instead of raising.
     async with stack() as (slack, backend, clients):
-        command = await slack.send_slash_command("/ticket", "again and again", user="U9")
+        command = await slack.send_slash_command("/ticket", "again and again", user="U9")  # says so via response_url
         await slack.wait_acked_keys({command.key}, within=5)
         (message,) = [m for m in backend.all_messages() if m.message_id == command.key]
         for _ in range(5):

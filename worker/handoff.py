@@ -27,6 +27,13 @@ transport id is still recognised.
   and drop; if it fails, nack: the platform will redeliver this copy too. (A kept envelope's copies are
   dropped at once: the kept one will become durable.)
 
+Synchronous answers (`worker.replies`): an envelope that carries `reply_to` (the connector set it: the
+platform takes an answer in the ack) is registered with the process's `ReplyInbox` once its keys are
+NEW, published as any other, and only after `publish()` returned, the handoff waits for the function's
+answer up to `reply_to.deadline`; the answer action then gets `Verdict(ack=True, body=…, status=…)`, or
+the fallback (`Verdict.fallback`: timeout, handler_error, invalid) for the connector to send. A failed
+publish is never waited for (no ack, as always); duplicates are acked at once without a body.
+
 When the queue backend keeps failing, a circuit breaker (`Breaker`) stops the spinning: after
 `threshold` consecutive failures it opens for a pause that doubles up to `max_pause`; while it is open
 no publish is attempted and connections stop reading new frames (`await handoff.admitting()`); hand-offs
@@ -45,6 +52,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -53,6 +61,7 @@ from shared.errors import PublishError, RoutingError, TransientPublishError
 from worker.dedupe import DedupeWindow, KeyState
 from worker.metrics import Metrics
 from worker.publish import Publisher
+from worker.replies import ReplyInbox, ReplyResult
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +95,10 @@ class Verdict:
     body: Any = None
     """A synchronous response payload to carry in the ack (Slack `payload`, Teams invoke `body`)."""
     error: str | None = None
+    status: int | None = None
+    """The answer's status (Teams invoke response) when a function answered; None otherwise."""
+    fallback: str | None = None
+    """Set when the platform awaits an answer but gets the fallback instead: timeout, handler_error, invalid."""
 
 
 _ACK_PUBLISHED = Verdict(True, Outcome.PUBLISHED)
@@ -98,6 +111,14 @@ socket, False when it could not."""
 
 def _no_answer(_verdict: Verdict) -> bool:
     return True
+
+
+def _answered(result: ReplyResult) -> Verdict:
+    """The verdict once the wait for an answer ended: the answer, or the fallback and why."""
+    reply = result.reply
+    if result.fallback is None and reply is not None:
+        return Verdict(True, Outcome.PUBLISHED, body=reply.body, status=reply.status)
+    return Verdict(True, Outcome.PUBLISHED, error=result.detail, fallback=result.fallback or "timeout")
 
 
 class Breaker:
@@ -194,8 +215,11 @@ class Handoff:
         *,
         breaker: Breaker | None = None,
         retry_buffer: int = 10_000,
+        replies: ReplyInbox | None = None,
     ) -> None:
         self._publisher = publisher
+        self.replies = replies
+        """The process's reply inbox; None: no synchronous answers (connectors then set no `reply_to`)."""
         self._dedupe = dedupe or DedupeWindow()
         self._metrics = metrics or Metrics()
         self._clock = clock
@@ -268,10 +292,48 @@ class Handoff:
             return Outcome.FAILED
 
         self._dedupe.begin(keys)
+        reply_to, inbox = envelope.reply_to, self.replies
+        if reply_to is not None and inbox is not None:
+            return await self._deliver_awaiting_answer(envelope, answer, keys, policy, inbox, reply_to.deadline)
         error = await self._publish(envelope, keys)
         if error is None:
             self._answer(envelope, answer, _ACK_PUBLISHED)
             return Outcome.PUBLISHED
+        return self._failed(envelope, answer, keys, policy, error)
+
+    async def _deliver_awaiting_answer(
+        self,
+        envelope: Envelope,
+        answer: Answer,
+        keys: tuple[str, ...],
+        policy: AckPolicy,
+        inbox: ReplyInbox,
+        deadline: datetime,
+    ) -> Outcome:
+        """Publish, then wait for the function's answer (registered first: it can beat `publish()` back)."""
+        correlation_id = envelope.message_id
+        waiting = inbox.expect(
+            correlation_id,
+            deadline,
+            platform=envelope.platform,
+            interaction=envelope.event_type,
+            envelope_id=envelope.envelope_id,
+        )
+        try:
+            error = await self._publish(envelope, keys)
+            if error is not None:
+                inbox.discard(correlation_id)
+                return self._failed(envelope, answer, keys, policy, error)
+            result = await waiting
+        except BaseException:
+            inbox.discard(correlation_id)
+            raise
+        self._answer(envelope, answer, _answered(result))
+        return Outcome.PUBLISHED
+
+    def _failed(
+        self, envelope: Envelope, answer: Answer, keys: tuple[str, ...], policy: AckPolicy, error: str
+    ) -> Outcome:
         if policy is AckPolicy.KEEP_UNTIL_DURABLE:
             return self._keep(envelope, keys, error)
         self._dedupe.release(keys)

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from worker.lifecycle import ConnectionStatus, StatusBoard
 
+REPLY_OUTCOMES = ("answered", "error", "invalid", "late", "unknown")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -130,6 +131,23 @@ class Metrics:
         self._breaker_opened = Counter(
             "relaybus_publish_breaker_opened", "Times the publish circuit breaker opened", registry=r
         )
+        self._replies = Counter(
+            "relaybus_replies",
+            "Replies received on this worker's reply session: answered (sent to the platform), error (the handler "
+            "failed: fallback), invalid (wrong shape or too large: fallback), late (after the fallback: dropped), "
+            "unknown (no such envelope waits here: dropped)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in REPLY_OUTCOMES:
+            self._replies.labels(outcome)
+        self._fallbacks = Counter(
+            "relaybus_answer_fallbacks",
+            "Synchronous answers replaced by the platform's fallback (Slack: plain ack; Teams: status 500), by reason: "
+            "timeout (no reply within the deadline), handler_error, invalid",
+            ["platform", "reason"],
+            registry=r,
+        )
         self._state = Gauge(
             "relaybus_connection_state",
             "1 for the current state of each connection",
@@ -163,6 +181,14 @@ class Metrics:
 
     def set_retry_buffer(self, kept: int) -> None:
         self._kept.set(kept)
+
+    def reply(self, outcome: str) -> None:
+        """A reply received by the inbox: one of `REPLY_OUTCOMES`."""
+        self._replies.labels(outcome).inc()
+
+    def answer_fallback(self, platform: str, reason: str) -> None:
+        """The platform got the fallback instead of an answer (reason: timeout, handler_error, invalid)."""
+        self._fallbacks.labels(platform, reason).inc()
 
     def breaker(self, is_open: bool) -> None:
         """Called on each breaker transition."""

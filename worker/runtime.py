@@ -1,8 +1,15 @@
 """The worker process: one queue backend, one `Handoff`, the configured connectors, the HTTP endpoints.
 
     settings ──► backend (local | servicebus) ──► EnvelopePublisher ──► Handoff ◄── connectors
+                    │                                                     │
+                    └──► ReplyInbox (this process's reply session) ───────┤  answers awaited by the handoff
                                                                           │
                                              metrics / StatusBoard ◄──────┘──► /healthz /readyz /metrics
+
+The reply inbox (`worker.replies`) exists whenever the backend takes replies (local, Service Bus): its
+session is accepted at start (a missing reply queue or role stops the worker with that message, as a
+missing queue does) and its receive task belongs to the run's TaskGroup; it stops after the connectors
+drained (their in-flight hand-offs may still be waiting for answers), releasing the session.
 
 `Worker.run(stopping)` holds everything until `stopping` is set (SIGTERM, Ctrl-C), then drains: the
 connectors stop reading and finish their in-flight publishes and acks within
@@ -10,7 +17,8 @@ connectors stop reading and finish their in-flight publishes and acks within
 handoff's retry buffer get what is left of that time to become durable; then the backend flushes and
 closes (also bounded). Anything not acked by then is redelivered by the platform.
 
-Every background task (connectors, the retry buffer, the shutdown clock) belongs to the run's TaskGroup.
+Every background task (connectors, the retry buffer, the reply inbox, the shutdown clock) belongs to the
+run's TaskGroup.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.errors import PublishError
+from shared.routes import REPLIES
 from worker.connector import Connector, FatalConnectorError
 from worker.dedupe import DedupeWindow
 from worker.handoff import Breaker, Handoff
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.publish import EnvelopePublisher, QueueBackend
+from worker.replies import ReplyInbox, process_session_id, reply_source
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -43,9 +53,15 @@ def build_backend(settings: WorkerSettings) -> QueueBackend:
 
     return LocalQueueBackend(
         settings.local_queue_path,
-        queue_settings=settings.queue_names,
+        queue_settings={**settings.queue_names, REPLIES.setting: settings.reply_queue},
         close_timeout=settings.shutdown_timeout_seconds,
     )
+
+
+def build_inbox(settings: WorkerSettings, backend: QueueBackend, metrics: Metrics) -> ReplyInbox | None:
+    """This process's reply inbox, when the backend takes replies (None for an in-memory backend)."""
+    source = reply_source(backend, settings.reply_queue, process_session_id())
+    return ReplyInbox(source, metrics) if source is not None else None
 
 
 def queues_in_use(settings: WorkerSettings) -> list[str]:
@@ -91,17 +107,26 @@ class Worker:
         connectors: Sequence[Connector] | None = None,
         metrics: Metrics | None = None,
         serve_http: bool = True,
+        replies: ReplyInbox | bool | None = True,
     ) -> None:
+        """`replies`: True builds the reply inbox the backend supports; an inbox uses that one; None or False
+        runs without synchronous answers."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.backend = backend if backend is not None else build_backend(settings)
         self.publisher = EnvelopePublisher(self.backend, queue_settings=settings.queue_names)
+        self.replies: ReplyInbox | None
+        if replies is True:
+            self.replies = build_inbox(settings, self.backend, self.metrics)
+        else:
+            self.replies = replies if isinstance(replies, ReplyInbox) else None
         self.handoff = Handoff(
             self.publisher,
             DedupeWindow(ttl=settings.dedupe_ttl_seconds),
             self.metrics,
             breaker=Breaker(threshold=settings.breaker_threshold, max_pause=settings.breaker_max_pause),
             retry_buffer=settings.publish_retry_buffer,
+            replies=self.replies,
         )
         self.connectors = (
             list(connectors) if connectors is not None else build_connectors(settings, self.handoff, self.metrics)
@@ -125,10 +150,20 @@ class Worker:
                 log.error("%s", result.fatal["queue"])
                 await self.publisher.close()
                 return result
+        if self.replies is not None:
+            try:
+                await self.replies.open()
+            except PublishError as exc:
+                result.fatal["queue"] = f"the reply queue {self.settings.reply_queue!r} could not be opened: {exc}"
+                log.error("%s", result.fatal["queue"])
+                await self.publisher.close()
+                return result
         if self.health is not None:
             try:
                 await self.health.start()
             except BaseException:
+                if self.replies is not None:
+                    await self.replies.close()
                 await self.publisher.close()
                 raise
             log.info(
@@ -140,6 +175,7 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 retry = group.create_task(self.handoff.retry_kept(), name="handoff-retry-buffer")
+                inbox = group.create_task(self.replies.run(), name="reply-inbox") if self.replies else None
                 tasks = [group.create_task(self._run_one(c, stopping, result)) for c in self.connectors]
                 if tasks:
                     group.create_task(self._enforce_shutdown_timeout(stopping, tasks))
@@ -148,11 +184,15 @@ class Worker:
                 else:
                     await stopping.wait()
                 retry.cancel()
+                if inbox is not None:
+                    inbox.cancel()  # the connectors drained: no hand-off waits for an answer any more
             left = self.settings.shutdown_timeout_seconds - (loop.time() - self._stop_started(loop))
             await self.handoff.flush(max(1.0, left))
         finally:
             if self.health is not None:
                 self.health.stopping = True
+            if self.replies is not None:
+                await self.replies.close()  # before the backend: the session is released through it
             await self.publisher.close()
             if self.health is not None:
                 await self.health.stop()

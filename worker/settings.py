@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from shared.config import configuration_error, environment, load_section, section_data
 from shared.errors import ConfigurationError
-from shared.routes import ROUTES
+from shared.routes import REPLIES, ROUTES
 from worker.slack.settings import SlackSettings
 from worker.teams.settings import TeamsSettings
 
@@ -83,8 +83,11 @@ class WorkerSettings(BaseModel):
     breaker_max_pause: float = Field(default=5.0, gt=0, le=300, alias="RELAYBUS_BREAKER_MAX_PAUSE_SECONDS")
     """Longest pause between probes while the queue backend keeps failing (backoff doubles up to this)."""
 
+    reply_queue: str = Field(default=REPLIES.queue, min_length=1, max_length=260, alias=REPLIES.setting)
+    """The session-enabled queue functions send synchronous answers to (each worker process reads its own session)."""
+
     queue_names: dict[str, str] = Field(default_factory=dict)
-    """Queue-name overrides keyed by app setting (SLACK_EVENTS_QUEUE, …)."""
+    """Queue-name overrides keyed by app setting (SLACK_EVENTS_QUEUE, …, RELAYBUS_REPLY_QUEUE)."""
     servicebus: ServiceBusSettings | None = None
     slack: SlackSettings | None = None
     teams: TeamsSettings | None = None
@@ -114,6 +117,14 @@ class WorkerSettings(BaseModel):
         if self.queue_backend == "servicebus" and self.servicebus is None:
             raise ValueError("RELAYBUS_QUEUE_BACKEND=servicebus needs Service Bus settings")
         return self
+
+    @field_validator("reply_queue")
+    @classmethod
+    def _reply_queue(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("is empty: name the reply queue (default relaybus-replies)")
+        return value
 
     @property
     def platforms(self) -> set[str]:
@@ -154,7 +165,10 @@ _SERVICEBUS_KEYS = ("ServiceBusConnection", "ServiceBusConnection__fullyQualifie
 
 def load_settings(env: Mapping[str, str]) -> WorkerSettings:
     """Build and validate the settings; raise `ConfigurationError` naming the first bad setting."""
-    sections: dict[str, Any] = {"queue_names": {r.setting: env[r.setting] for r in ROUTES if env.get(r.setting)}}
+    queue_names = {r.setting: env[r.setting] for r in ROUTES if env.get(r.setting)}
+    if env.get(REPLIES.setting):
+        queue_names[REPLIES.setting] = env[REPLIES.setting].strip()
+    sections: dict[str, Any] = {"queue_names": queue_names}
     if any(env.get(k) for k in _SERVICEBUS_KEYS) or env.get("RELAYBUS_QUEUE_BACKEND") == "servicebus":
         sections["servicebus"] = load_section(ServiceBusSettings, env)
     if env.get("SLACK_APP_TOKEN"):
@@ -167,6 +181,12 @@ def load_settings(env: Mapping[str, str]) -> WorkerSettings:
         settings = WorkerSettings.model_validate({**section_data(WorkerSettings, env), **sections})
     except ValidationError as exc:
         raise configuration_error(exc, WorkerSettings) from None
+    taken = {route.queue_name(settings.queue_names): route.setting for route in ROUTES}
+    if settings.reply_queue in taken:
+        raise ConfigurationError(
+            REPLIES.setting,
+            f"is {settings.reply_queue!r}, the queue of {taken[settings.reply_queue]}: name another queue",
+        )
     if settings.queue_backend == "local":
         try:
             check_queue_path(settings.local_queue_path)

@@ -15,7 +15,13 @@ What it does like Slack:
 - Envelopes of all three types go to ONE random open socket; events sent while no socket is open wait
   for one. Not acked within `ack_deadline` (3 s): events_api envelopes are retried with a new envelope_id,
   `retry_attempt` 1..3 and `retry_reason` "timeout" after `retry_delays` (preferring another socket);
-  interactive and slash-command envelopes are not retried unless `retry_interactive`.
+  interactive and slash-command envelopes are not retried unless `retry_interactive` (the user sees an
+  error: counted in `stats.expired`).
+- Ack payloads (synchronous answers) are taken only from an ack in time for an envelope that
+  `accepts_response_payload` (slash commands, `view_submission`, `block_suggestion`): every ack is recorded
+  in `acks` (`AckRecord`: payload, milliseconds after the send, `late`); a late ack is what Slack does with
+  it: ignored (`late: true`, counted in `stats.late_acks`, its payload never shown to the user).
+  `on_ack(record)` is called as each ack arrives (tests look at the queue at that moment).
 - `disconnect(reason)`: `warning` / `refresh_requested` stop deliveries to the socket and close it
   `retire_after` seconds later; `too_many_websockets` / `link_disabled` close it at once.
 - Server pings every `server_ping_interval`; inbound frames of 20 KB or more: close 1009.
@@ -26,11 +32,21 @@ What it does like Slack:
 Test knobs: `freeze()` (a half-open socket: nothing read, nothing sent), `drop()` (abrupt close),
 `send_raw()`, `rate_limit_web()`, `stats`.
 
+Interactions that take an answer in the ack: `send_slash_command(command, text)`,
+`send_view_submission(callback_id, values)` (`values`: {block_id: {action_id: text or a state value}}),
+`send_block_suggestion(action_id, value)`; `wait_ack(key)` returns the `AckRecord` (or None when the
+deadline passed without one).
+
 HTTP control endpoints (for `dev` and for a sandbox running in another process):
 
 - `POST {api_url}_sandbox/events` inject: `{"kind":"message","text":…,"channel"?,"user"?}`,
-  `{"kind":"command","command":"/ticket","text":…}`, `{"kind":"action","action_id":…,"value"?}` or
-  `{"kind":"raw","type":"events_api","payload":{…}}`; answers `{"ok":true,"key":…}`.
+  `{"kind":"command","command":"/ticket","text":…}`, `{"kind":"action","action_id":…,"value"?}`,
+  `{"kind":"view_submission","callback_id":…,"values":{block_id:{action_id:text}}}`,
+  `{"kind":"block_suggestion","action_id":…,"value":…,"block_id"?}` or
+  `{"kind":"raw","type":"events_api","payload":{…},"accepts_response_payload"?}`; answers
+  `{"ok":true,"key":…}`; with `"wait":true` it answers once the envelope was acked (or its deadline
+  passed), adding `"ack"`: the ack record (payload, ms, late) or null.
+- `GET {api_url}_sandbox/acks`: every ack received (`AckRecord`s, payloads included).
 - `POST {api_url}_sandbox/push` `{"count":n,"rate":per_second|null}`: bulk events_api delivery (benchmarks).
 - `GET {api_url}_sandbox/stats`, `GET {api_url}_sandbox/replies`,
   `POST {api_url}_sandbox/disconnect` `{"reason":…}`, `POST {api_url}_sandbox/reset`.
@@ -115,6 +131,24 @@ class RecordedCall:
 
 
 @dataclass(frozen=True, slots=True)
+class AckRecord:
+    """One ack the sandbox received for an envelope it delivered (in time or late)."""
+
+    envelope_id: str
+    key: str
+    envelope_type: str
+    interaction: str | None
+    """The payload's `type` (view_submission, block_suggestion, block_actions, …) or the slash command."""
+    payload: dict[str, Any] | None
+    """The ack's `payload`; Slack shows it only when the ack came in time for an envelope that accepts one."""
+    accepts_response_payload: bool
+    ms: float
+    """Milliseconds from the send to the ack."""
+    late: bool
+    """After `ack_deadline`: Slack ignored it (the envelope was retried, or the user saw an error)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Injected:
     """What a helper injected: `key` is the event_id (events_api) or first envelope_id."""
 
@@ -191,7 +225,11 @@ class SlackSandbox:
         self.stats = SandboxStats()
         self.replies: list[RecordedCall] = []
         self.ack_payloads: dict[str, dict[str, Any]] = {}
-        """Ack payloads received, by envelope_id (inline slash-command answers, view responses)."""
+        """Ack payloads received in time, by envelope_id (inline slash-command answers, view responses)."""
+        self.acks: list[AckRecord] = []
+        """Every ack received for a delivered envelope, in time or late, in arrival order."""
+        self.on_ack: Callable[[AckRecord], None] | None = None
+        """Called with each ack record as the ack arrives (before anything else happens)."""
         self.acked_keys: set[str] = set()
         self.delivered_keys: set[str] = set()
         self.latencies: list[float] = []
@@ -208,6 +246,8 @@ class SlackSandbox:
         self._web_429: deque[float] = deque()
         self._backlog: deque[_Item] = deque()
         self._inflight: dict[str, _Item] = {}
+        self._expired: dict[str, _Item] = {}
+        """Envelopes whose deadline passed, by envelope_id (the last 10,000), to recognise their late acks."""
         self._response_urls: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Condition()
@@ -230,6 +270,7 @@ class SlackSandbox:
         app.router.add_post("/api/_sandbox/push", self._http_push)
         app.router.add_get("/api/_sandbox/stats", self._http_stats)
         app.router.add_get("/api/_sandbox/replies", self._http_replies)
+        app.router.add_get("/api/_sandbox/acks", self._http_acks)
         app.router.add_post("/api/_sandbox/disconnect", self._http_disconnect)
         app.router.add_post("/api/_sandbox/reset", self._http_reset)
         app.router.add_post("/api/{method}", self._http_api)
@@ -328,6 +369,8 @@ class SlackSandbox:
         self.push_started_at = self.last_ack_at = None
         self.acked_keys.clear()
         self.delivered_keys.clear()
+        self.acks.clear()
+        self.ack_payloads.clear()
 
     # --- injection helpers -----------------------------------------------------------------------
 
@@ -436,6 +479,98 @@ class SlackSandbox:
         key = await self.deliver("interactive", payload)
         return Injected(key, "interactive", response_url, trigger_id)
 
+    async def send_view_submission(
+        self,
+        callback_id: str,
+        values: dict[str, dict[str, Any]] | None = None,
+        *,
+        user: str = "U0SANDBOXUSER",
+        private_metadata: str = "",
+    ) -> Injected:
+        """A user submits a modal (`view_submission`, answered in the ack with a `response_action`).
+
+        `values`: {block_id: {action_id: value}}; a text value becomes a `plain_text_input`'s state, a dict is
+        used as the state value itself (e.g. `{"type": "external_select", "selected_option": {…}}`)."""
+        state = {
+            block: {
+                action: value if isinstance(value, dict) else {"type": "plain_text_input", "value": value}
+                for action, value in actions.items()
+            }
+            for block, actions in (values or {}).items()
+        }
+        view_id = f"V{next(self._ids):08d}"
+        payload: dict[str, Any] = {
+            "type": "view_submission",
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "user": {"id": user, "username": "sandbox.user", "name": "sandbox.user", "team_id": self.team_id},
+            "api_app_id": self.app_id,
+            "token": "sandbox-verification-token",
+            "trigger_id": self._trigger_id(),
+            "view": {
+                "id": view_id,
+                "team_id": self.team_id,
+                "type": "modal",
+                "callback_id": callback_id,
+                "private_metadata": private_metadata,
+                "title": {"type": "plain_text", "text": callback_id},
+                "blocks": [],
+                "state": {"values": state},
+                "hash": f"{int(time.time())}.sandbox",
+                "root_view_id": view_id,
+                "app_id": self.app_id,
+                "bot_id": "B0SANDBOX",
+            },
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+        key = await self.deliver("interactive", payload, accepts_response_payload=True)
+        return Injected(key, "interactive", None, payload["trigger_id"])
+
+    async def send_block_suggestion(
+        self, action_id: str, value: str = "", *, block_id: str = "sandbox-block", user: str = "U0SANDBOXUSER"
+    ) -> Injected:
+        """A user types into an external select (`block_suggestion`, answered with `options`/`option_groups`)."""
+        view_id = f"V{next(self._ids):08d}"
+        payload: dict[str, Any] = {
+            "type": "block_suggestion",
+            "user": {"id": user, "username": "sandbox.user", "name": "sandbox.user", "team_id": self.team_id},
+            "container": {"type": "view", "view_id": view_id},
+            "api_app_id": self.app_id,
+            "token": "sandbox-verification-token",
+            "action_id": action_id,
+            "block_id": block_id,
+            "value": value,
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "view": {"id": view_id, "team_id": self.team_id, "type": "modal", "callback_id": "", "blocks": []},
+        }
+        key = await self.deliver("interactive", payload, accepts_response_payload=True)
+        return Injected(key, "interactive")
+
+    def ack_for(self, key: str) -> AckRecord | None:
+        """The first ack recorded for an envelope (by its key, or envelope_id), None while there is none."""
+        for record in self.acks:
+            if record.key == key or record.envelope_id == key:
+                return record
+        return None
+
+    async def wait_ack(self, key: str, within: float | None = None) -> AckRecord | None:
+        """The ack of an envelope once it arrived, or None when its deadline passed without one (waits at most
+        `within` seconds, default the ack deadline plus a second)."""
+
+        def settled() -> bool:
+            return self.ack_for(key) is not None or self._gave_up(key)
+
+        await self.wait_for(settled, self.ack_deadline + 1.0 if within is None else within)
+        return self.ack_for(key)
+
+    def _gave_up(self, key: str) -> bool:
+        return any(item.key == key for item in self._expired.values()) and not any(
+            item.key == key for item in self._inflight.values()
+        )
+
     async def deliver(
         self,
         envelope_type: str,
@@ -444,10 +579,11 @@ class SlackSandbox:
         key: str | None = None,
         accepts_response_payload: bool = False,
         connection: str | None = None,
+        envelope_id: str | None = None,
     ) -> str:
         """Deliver one envelope (to `connection`, or a random open socket, or when one opens)."""
         item = _Item(key or "", envelope_type, payload, accepts_response_payload)
-        item.envelope_id = self._envelope_id()
+        item.envelope_id = envelope_id or self._envelope_id()
         item.key = item.key or item.envelope_id
         self.delivered_keys.add(item.key)
         await self._send(item, connection)
@@ -580,6 +716,9 @@ class SlackSandbox:
         item = self._inflight.pop(envelope_id, None)
         if item is None:
             return
+        self._expired[envelope_id] = item
+        if len(self._expired) > 10_000:
+            self._expired.pop(next(iter(self._expired)))
         retried = item.envelope_type == "events_api" or self.retry_interactive
         if not retried or item.attempt >= len(self.retry_delays):
             self.stats.expired += 1
@@ -615,21 +754,44 @@ class SlackSandbox:
             return
         envelope_id = obj.get("envelope_id") if isinstance(obj, dict) else None
         item = self._inflight.pop(envelope_id, None) if isinstance(envelope_id, str) else None
+        now = asyncio.get_running_loop().time()
+        payload = obj.get("payload") if isinstance(obj, dict) else None
+        payload = payload if isinstance(payload, dict) else None
         if item is None:
             self.stats.late_acks += 1
+            late = self._expired.get(envelope_id) if isinstance(envelope_id, str) else None
+            if late is not None:  # after the deadline: Slack ignores it, payload and all
+                self._record_ack(late, payload, now, late=True)
+                self._notify()
             return
         if item.deadline is not None:
             item.deadline.cancel()
         self.stats.acked += 1
         self.acked_keys.add(item.key)
-        now = asyncio.get_running_loop().time()
         self.last_ack_at = now
         if item.measure:
             self.latencies.append(now - item.sent_at)
-        payload = obj.get("payload")
-        if isinstance(payload, dict):
+        if item.envelope_type != "events_api" or payload is not None:
+            self._record_ack(item, payload, now, late=False)
+        if payload is not None and item.accepts_response_payload:
             self.ack_payloads[item.envelope_id] = payload
         self._notify()
+
+    def _record_ack(self, item: _Item, payload: dict[str, Any] | None, now: float, *, late: bool) -> None:
+        interaction = item.payload.get("type") if item.envelope_type == "interactive" else item.payload.get("command")
+        record = AckRecord(
+            envelope_id=item.envelope_id,
+            key=item.key,
+            envelope_type=item.envelope_type,
+            interaction=interaction if isinstance(interaction, str) else None,
+            payload=payload,
+            accepts_response_payload=item.accepts_response_payload,
+            ms=round((now - item.sent_at) * 1000, 3),
+            late=late,
+        )
+        if self.on_ack is not None:
+            self.on_ack(record)
+        self.acks.append(record)
 
     # --- websocket -------------------------------------------------------------------------------
 
@@ -839,12 +1001,40 @@ class SlackSandbox:
             injected = await self.send_block_action(
                 str(body.get("action_id", "")), str(body.get("value", "")), message_ts=_str(body.get("message_ts"))
             )
+        elif kind == "view_submission":
+            values = body.get("values")
+            injected = await self.send_view_submission(
+                str(body.get("callback_id", "")), values if isinstance(values, dict) else {}
+            )
+        elif kind == "block_suggestion":
+            injected = await self.send_block_suggestion(
+                str(body.get("action_id", "")),
+                str(body.get("value", "")),
+                block_id=str(body.get("block_id", "sandbox-block")),
+            )
         elif kind == "raw" and isinstance(body.get("payload"), dict):
-            key = await self.deliver(str(body.get("type", "events_api")), body["payload"], key=_str(body.get("key")))
-            return web.json_response({"ok": True, "key": key})
+            key = await self.deliver(
+                str(body.get("type", "events_api")),
+                body["payload"],
+                key=_str(body.get("key")),
+                accepts_response_payload=body.get("accepts_response_payload") is True,
+            )
+            return web.json_response({"ok": True, "key": key, **await self._http_ack(body, key)})
         else:
             return web.json_response({"ok": False, "error": "unknown kind"}, status=400)
-        return web.json_response({"ok": True, **asdict(injected)})
+        return web.json_response({"ok": True, **asdict(injected), **await self._http_ack(body, injected.key)})
+
+    async def _http_ack(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        """`{"ack": record or null}` once the envelope was acked or given up on, when the request said `wait`."""
+        if body.get("wait") is not True:
+            return {}
+        with contextlib.suppress(TimeoutError):
+            await self.wait_ack(key)
+        record = self.ack_for(key)
+        return {"ack": asdict(record) if record is not None else None}
+
+    async def _http_acks(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response([asdict(a) for a in self.acks])
 
     async def _http_push(self, request: web.Request) -> web.StreamResponse:
         body = await _read_body(request)
@@ -896,6 +1086,10 @@ class SlackSandbox:
 
     def _ts(self) -> str:
         return f"{time.time():.6f}"
+
+    def new_response_url(self) -> str:
+        """A fresh response_url on this sandbox (5 posts, like Slack's)."""
+        return self._new_response_url()
 
     def _new_response_url(self) -> str:
         token = uuid.uuid4().hex

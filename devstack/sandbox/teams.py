@@ -18,14 +18,26 @@
   (`BotReply.text`: what a person would read of one).
 
 Test knobs: `silent`, `frozen`, `drop_all()`, `close_all(error, allow_reconnect)`, `send_raw()`,
-`fail_replies()`. Helpers: `send_user_message(text)`, `send_card_action(data)`, `send_activity()`,
-`wait_replies(n)`, `wait_acked(n)`, `stats`.
+`fail_replies()`. Helpers: `send_user_message(text)`, `send_card_action(data, verb)`,
+`send_compose_query(command_id, text)`, `send_activity()`, `wait_replies(n)`, `wait_acked(n)`,
+`wait_invoke_response(activity_id)`, `stats`.
+
+Invoke responses: the completion of every invoke is recorded in `invoke_responses` (`InvokeCompletion`:
+status, body, milliseconds after the send, `late`). The deadline (`deadline_ms`, sent as `deadlineMs`) is
+enforced: a completion after it counts as missed (`late: true`, `stats["late_completions"]`; the user got
+an error, the envelope was already redelivered). `on_completion(response)` is called as each invoke's
+completion arrives (tests look at the queue at that moment).
 
 HTTP injection for people (`python -m devstack dev` prints these commands):
 
     curl -X POST {base_url}/_sandbox/messages -d '{"text": "hello"}'
-    curl -X POST {base_url}/_sandbox/card-actions -d '{"verb": "approve", "data": {"id": 1}}'
+    curl -X POST {base_url}/_sandbox/card-actions -d '{"verb": "approve", "data": {"id": 1}, "wait": true}'
+    curl -X POST {base_url}/_sandbox/compose-query -d '{"commandId": "searchTickets", "text": "printer", "wait": true}'
     curl {base_url}/_sandbox/replies        curl {base_url}/_sandbox/stats
+    curl {base_url}/_sandbox/invoke-responses
+
+With `"wait": true` an invoke injection answers once the bot completed it (or the deadline passed), with
+`"response"`: the recorded invoke response or null.
 
 Tokens: the sandbox accepts one static bearer token (`bot_token`) instead of Entra ID; point the
 worker at it with `TEAMS_STATIC_TOKEN` (refused for non-local base URLs) and the functions with the
@@ -42,7 +54,7 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -81,12 +93,31 @@ class Session:
     handshake_version: int | None = None
     last_inbound: float = field(default_factory=time.monotonic)
     outstanding: dict[str, tuple[SandboxEnvelope, asyncio.TimerHandle]] = field(default_factory=dict)
+    missed: dict[str, tuple[SandboxEnvelope, float]] = field(default_factory=dict)
+    """Invocations whose deadline passed (the last 1,000): their late completions are recognised."""
+    sent_at: dict[str, float] = field(default_factory=dict)
     received: int = 0
     closed: bool = False
     silent: bool = False
     """Sends nothing (no pings, no deliveries) but still reads."""
     frozen: bool = False
     """Neither reads nor writes (a hung server process with the TCP connection still open)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeCompletion:
+    """The completion of one invoke delivery, as the sandbox received it."""
+
+    envelope_id: str
+    activity_id: str | None
+    name: str | None
+    """The invoke name: adaptiveCard/action, composeExtension/query, …"""
+    status: int | None
+    body: Any
+    ms: float
+    """Milliseconds from the delivery to the completion."""
+    late: bool
+    """After `deadlineMs`: missed (Teams showed the user an error and the envelope was redelivered)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +171,7 @@ class TeamsSandbox:
         geos: tuple[str, ...] = ("amer", "emea", "apac"),
         negotiate_version: int = 1,
         ws_heartbeat: float | None = None,
+        announced_deadline_ms: int | None = None,
     ) -> None:
         self.contract = contract
         self.app_id = app_id
@@ -148,6 +180,10 @@ class TeamsSandbox:
         self.bot_key = f"28:{app_id}"
         self.expires_in = expires_in
         self.deadline_ms = deadline_ms
+        """How long the service waits for a completion (then: missed, redelivered)."""
+        self.announced_deadline_ms = announced_deadline_ms
+        """The `deadlineMs` envelopes carry (default `deadline_ms`); a test knob for a service that is less
+        patient than it says."""
         self.keepalive = keepalive
         self.client_timeout = client_timeout
         self.url_mode: UrlMode = url_mode
@@ -174,9 +210,15 @@ class TeamsSandbox:
         self.sessions: dict[str, Session] = {}
         self.pending: deque[SandboxEnvelope] = deque()
         self.replies: list[BotReply] = []
+        self.created_conversations: list[dict[str, Any]] = []
+        """Bodies of `POST /v3/conversations` (proactive 1:1 conversations the bot created)."""
         self.acked: dict[str, dict[str, Any]] = {}
         """envelopeId -> the completion result that acked it (status 200)."""
         self.completions: list[dict[str, Any]] = []
+        self.invoke_responses: list[InvokeCompletion] = []
+        """Every invoke's completion (in time or late), in arrival order."""
+        self.on_completion: Any = None
+        """Called with each `InvokeCompletion` as its completion arrives (before anything else happens)."""
         self.latencies: list[float] = []
         """Seconds from an envelope's first send to its status-200 completion (for benchmarks)."""
         self.last_ack_at = 0.0
@@ -209,13 +251,16 @@ class TeamsSandbox:
         app.router.add_post("/{first}/{second}/v3/websockets/connect", self._service_negotiate)
         app.router.add_post("/{prefix:client2?}/negotiate", self._signalr_negotiate)
         app.router.add_get("/{prefix:client2?}/", self._hub)
+        app.router.add_post("/botconnector/v3/conversations", self._create_conversation)
         app.router.add_route("*", "/botconnector/v3/conversations/{conversation}/activities", self._bot_connector)
         app.router.add_route(
             "*", "/botconnector/v3/conversations/{conversation}/activities/{activity}", self._bot_connector
         )
         app.router.add_post("/_sandbox/messages", self._inject_message)
         app.router.add_post("/_sandbox/card-actions", self._inject_card_action)
+        app.router.add_post("/_sandbox/compose-query", self._inject_compose_query)
         app.router.add_get("/_sandbox/replies", self._list_replies)
+        app.router.add_get("/_sandbox/invoke-responses", self._list_invoke_responses)
         app.router.add_get("/_sandbox/stats", self._get_stats)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -386,6 +431,43 @@ class TeamsSandbox:
         activity["value"] = {"action": {"type": "Action.Execute", "verb": verb, "data": data or {}}}
         await self.send_activity(activity, kind="invoke")
         return str(activity["id"])
+
+    async def send_compose_query(
+        self,
+        command_id: str,
+        text: str = "",
+        *,
+        parameter: str = "searchText",
+        conversation_id: str | None = None,
+    ) -> str:
+        """A search message extension query (invoke `composeExtension/query`); returns the activity id."""
+        activity = self.new_activity("", conversation_id, activity_type="invoke")
+        activity.pop("text", None)
+        activity["name"] = "composeExtension/query"
+        activity["value"] = {
+            "commandId": command_id,
+            "parameters": [{"name": parameter, "value": text}],
+            "queryOptions": {"skip": 0, "count": 25},
+        }
+        await self.send_activity(activity, kind="invoke")
+        return str(activity["id"])
+
+    def invoke_response(self, activity_id: str) -> InvokeCompletion | None:
+        """The first completion recorded for an invoke activity (None while there is none)."""
+        for response in self.invoke_responses:
+            if response.activity_id == activity_id:
+                return response
+        return None
+
+    async def wait_invoke_response(self, activity_id: str, within: float | None = None) -> InvokeCompletion:
+        """The first completion of an invoke activity (waits at most `within`, default the deadline + 1 s)."""
+        await self.wait_for(
+            lambda: self.invoke_response(activity_id) is not None,
+            self.deadline_ms / 1000 + 1.0 if within is None else within,
+        )
+        found = self.invoke_response(activity_id)
+        assert found is not None
+        return found
 
     async def wait_for(self, predicate: Any, within: float = 5.0) -> None:
         async with asyncio.timeout(within), self._changed:
@@ -573,12 +655,21 @@ class TeamsSandbox:
         entry = session.outstanding.pop(completion.invocation_id, None)
         result = completion.result if isinstance(completion.result, dict) else {}
         self.completions.append(result)
+        sent_at = session.sent_at.pop(completion.invocation_id, None)
         if entry is None:
-            self.stats["untracked_completions"] += 1
+            missed = session.missed.pop(completion.invocation_id, None)
+            if missed is not None:  # after the deadline: missed, whatever it says
+                self.stats["late_completions"] += 1
+                if missed[0].kind == "invoke":
+                    self._record_invoke(missed[0], result, missed[1], late=True)
+            else:
+                self.stats["untracked_completions"] += 1
             await self._notify()
             return
         envelope, timer = entry
         timer.cancel()
+        if envelope.kind == "invoke" and sent_at is not None:
+            self._record_invoke(envelope, result, sent_at, late=False)
         status = result.get("status")
         self.stats[f"status_{status}"] += 1
         if status == 200:
@@ -592,6 +683,23 @@ class TeamsSandbox:
             self._redeliver(envelope, f"status {status}")
         await self._notify()
 
+    def _record_invoke(self, envelope: SandboxEnvelope, result: dict[str, Any], sent_at: float, *, late: bool) -> None:
+        status = result.get("status")
+        name = envelope.activity.get("name")
+        activity_id = envelope.activity.get("id")
+        response = InvokeCompletion(
+            envelope_id=envelope.envelope_id,
+            activity_id=activity_id if isinstance(activity_id, str) else None,
+            name=name if isinstance(name, str) else None,
+            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+            body=result.get("body"),
+            ms=round((time.perf_counter() - sent_at) * 1000, 3),
+            late=late,
+        )
+        if self.on_completion is not None:
+            self.on_completion(response)
+        self.invoke_responses.append(response)
+
     # --- delivery ---
 
     def _frame(self, envelope: SandboxEnvelope, invocation_id: str | None) -> str:
@@ -601,7 +709,7 @@ class TeamsSandbox:
             "type": envelope.kind,
             "ackRequired": invocation_id is not None,
             "botKey": self.bot_key,
-            "deadlineMs": self.deadline_ms,
+            "deadlineMs": self.announced_deadline_ms or self.deadline_ms,
             "headers": {},
             "cv": envelope.cv,
             "payload": envelope.activity,
@@ -630,6 +738,8 @@ class TeamsSandbox:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.deadline_ms / 1000, self._deadline_passed, session, invocation_id)
         session.outstanding[invocation_id] = (envelope, timer)
+        if envelope.kind == "invoke":
+            session.sent_at[invocation_id] = time.perf_counter()
         await self._send(session, envelope, invocation_id)
 
     async def _send(self, session: Session, envelope: SandboxEnvelope, invocation_id: str | None) -> None:
@@ -653,6 +763,10 @@ class TeamsSandbox:
         entry = session.outstanding.pop(invocation_id, None)
         if entry is not None:
             self.stats["deadline_missed"] += 1
+            sent_at = session.sent_at.pop(invocation_id, time.perf_counter())
+            session.missed[invocation_id] = (entry[0], sent_at)
+            if len(session.missed) > 1000:
+                session.missed.pop(next(iter(session.missed)))
             self._redeliver(entry[0], "deadline passed")
 
     def _redeliver(self, envelope: SandboxEnvelope, why: str) -> None:
@@ -756,6 +870,26 @@ class TeamsSandbox:
             return web.Response(status=200)
         return web.json_response({"id": reply.activity_id if request.method == "PUT" else f"reply-{next(self._ids)}"})
 
+    async def _create_conversation(self, request: web.Request) -> web.Response:
+        """POST /v3/conversations (proactive 1:1): a `ConversationResourceResponse`; the same user and bot get
+        the same conversation again, as on Teams. Recorded in `created_conversations`."""
+        if request.headers.get("Authorization", "") != f"Bearer {self.bot_token}":
+            return web.json_response({"error": {"code": "Unauthorized"}}, status=401)
+        body = await _json_body(request)
+        members = body.get("members")
+        member = members[0] if isinstance(members, list) and len(members) == 1 else None
+        user = member.get("id") if isinstance(member, dict) else None
+        bot = body.get("bot")
+        tenant = body.get("channelData", {}).get("tenant", {}) if isinstance(body.get("channelData"), dict) else {}
+        tenant_id = tenant.get("id") if isinstance(tenant, dict) else None
+        if not isinstance(user, str) or not isinstance(bot, dict) or not isinstance(tenant_id, str):
+            message = "needs one member, bot and channelData.tenant.id"
+            return web.json_response({"error": {"code": "BadArgument", "message": message}}, status=400)
+        self.created_conversations.append(body)
+        self.stats["conversations_created"] += 1
+        conversation_id = f"a:sandbox-personal-{tenant_id}-{user}"
+        return web.json_response({"id": conversation_id, "activityId": f"created-{next(self._ids)}"}, status=201)
+
     # --- injection endpoints ---
 
     async def _inject_message(self, request: web.Request) -> web.Response:
@@ -769,7 +903,28 @@ class TeamsSandbox:
         activity_id = await self.send_card_action(
             data.get("data") if isinstance(data.get("data"), dict) else {}, str(data.get("verb", "approve"))
         )
-        return web.json_response({"activityId": activity_id})
+        return web.json_response({"activityId": activity_id, **await self._http_response(data, activity_id)})
+
+    async def _inject_compose_query(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        activity_id = await self.send_compose_query(
+            str(data.get("commandId", "searchTickets")),
+            str(data.get("text", "")),
+            parameter=str(data.get("parameter", "searchText")),
+        )
+        return web.json_response({"activityId": activity_id, **await self._http_response(data, activity_id)})
+
+    async def _http_response(self, data: dict[str, Any], activity_id: str) -> dict[str, Any]:
+        """`{"response": …}` once the invoke was completed (or its deadline passed), when asked to `wait`."""
+        if data.get("wait") is not True:
+            return {}
+        with contextlib.suppress(TimeoutError):
+            await self.wait_for(lambda: self.invoke_response(activity_id) is not None, self.deadline_ms / 1000 + 0.5)
+        response = self.invoke_response(activity_id)
+        return {"response": asdict(response) if response is not None else None}
+
+    async def _list_invoke_responses(self, _request: web.Request) -> web.Response:
+        return web.json_response([asdict(r) for r in self.invoke_responses])
 
     async def _list_replies(self, _request: web.Request) -> web.Response:
         return web.json_response(

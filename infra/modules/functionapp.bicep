@@ -30,6 +30,9 @@ param serviceBusFqdn string
 @description('The queues, from queues.json.')
 param queues array
 
+@description('Name of the reply queue synchronous answers are sent to (RELAYBUS_REPLY_QUEUE).')
+param replyQueueName string
+
 @description('Application Insights connection string.')
 param appInsightsConnectionString string
 
@@ -73,7 +76,13 @@ param teamsAppPasswordSecretUri string
 @description('Tags for every resource.')
 param tags object
 
+@description('Name of the state table (functions.state, RELAYBUS_STATE_TABLE).')
+@minLength(3)
+@maxLength(63)
+param stateTableName string
+
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var deploymentContainerName = 'app-package-${take(toLower(functionAppName), 32)}'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -111,6 +120,29 @@ resource storageOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The state store (functions.state): one table, and for the function app the narrowest data role that
+// reads, writes and deletes its entities (Storage Table Data Contributor), on that table only. The table
+// exists before the app starts, so the app needs no right to create tables.
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource stateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: stateTableName
+}
+
+resource stateTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(stateTable.id, identityPrincipalId, storageTableDataContributorRoleId)
+  scope: stateTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }
@@ -172,6 +204,13 @@ var queueSettings = [
   }
 ]
 
+var replySettings = [
+  {
+    name: 'RELAYBUS_REPLY_QUEUE'
+    value: replyQueueName
+  }
+]
+
 var slackSettings = enableSlack
   ? [
       {
@@ -202,6 +241,21 @@ var teamsSettings = enableTeams
     ]
   : []
 
+var stateSettings = [
+  {
+    name: 'RELAYBUS_STATE_TABLE_ENDPOINT'
+    value: storage.properties.primaryEndpoints.table
+  }
+  {
+    name: 'RELAYBUS_STATE_TABLE'
+    value: stateTable.name
+  }
+  {
+    name: 'RELAYBUS_STATE_CLIENT_ID'
+    value: identityClientId
+  }
+]
+
 var alwaysReady = [
   for item in items(alwaysReadyInstances): {
     name: 'function:${item.key}'
@@ -227,7 +281,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
-      appSettings: concat(baseSettings, queueSettings, slackSettings, teamsSettings)
+      appSettings: concat(baseSettings, queueSettings, replySettings, slackSettings, teamsSettings, stateSettings)
     }
     functionAppConfig: {
       deployment: {
@@ -254,6 +308,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   dependsOn: [
     deploymentContainer
     storageOwner
+    stateTableContributor
   ]
 }
 

@@ -1,7 +1,9 @@
-// The Service Bus namespace (Entra ID only: local/SAS auth disabled, TLS 1.2) and one queue per route of
-// the route table (queues.json, generated from shared/routes.py). Role assignments are per queue: the
-// worker may only send, the function app receives (and, with functionQueueRole 'Owner', may read the
-// queue length the Flex Consumption scale controller needs; see docs/deploy.md).
+// The Service Bus namespace (Entra ID only: local/SAS auth disabled, TLS 1.2), one queue per route of the
+// route table and the reply queue (queues.json, generated from shared/routes.py). Role assignments are per
+// queue: on the route queues the worker may only send and the function app receives (and, with
+// functionQueueRole 'Owner', may read the queue length the Flex Consumption scale controller needs; see
+// docs/deploy.md); on the reply queue it is the other way round: the function app may only send its
+// synchronous answers, the worker may only receive them (each worker process reads its own session).
 
 @description('Azure region.')
 param location string
@@ -29,10 +31,13 @@ param premiumCapacity int
 @description('The queues, from queues.json.')
 param queues array
 
-@description('Principal id of the worker identity (Data Sender on each queue).')
+@description('The reply queue (session-enabled, short time to live), from queues.json.')
+param replyQueue object
+
+@description('Principal id of the worker identity (Data Sender on each route queue, Data Receiver on the reply queue).')
 param workerPrincipalId string
 
-@description('Principal id of the function app identity.')
+@description('Principal id of the function app identity (receives from the route queues, Data Sender on the reply queue).')
 param functionPrincipalId string
 
 @description('Owner: Data Owner on each queue (receive plus the queue length for the scale controller). Receiver: Data Receiver only (scaling without queue length).')
@@ -82,6 +87,19 @@ resource queueResources 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
   }
 ]
 
+resource replyQueueResource 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: serviceBusNamespace
+  name: replyQueue.name
+  properties: {
+    requiresSession: replyQueue.requiresSession
+    maxDeliveryCount: replyQueue.maxDeliveryCount
+    lockDuration: replyQueue.lockDuration
+    requiresDuplicateDetection: replyQueue.requiresDuplicateDetection
+    deadLetteringOnMessageExpiration: replyQueue.deadLetteringOnMessageExpiration
+    defaultMessageTimeToLive: replyQueue.defaultMessageTimeToLive
+  }
+}
+
 resource workerSenders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for (queue, i) in queues: {
     name: guid(queueResources[i].id, workerPrincipalId, dataSenderRoleId)
@@ -106,5 +124,40 @@ resource functionReceivers 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   }
 ]
 
+// Scheduled retries (functions.retries) are sent by the function app to its own trigger queues: Data Owner
+// includes sending; with the narrower Receiver role it needs Data Sender there as well.
+resource functionRetrySenders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (queue, i) in queues: if (functionQueueRole == 'Receiver') {
+    name: guid(queueResources[i].id, functionPrincipalId, dataSenderRoleId)
+    scope: queueResources[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', dataSenderRoleId)
+      principalId: functionPrincipalId
+      principalType: 'ServicePrincipal'
+    }
+  }
+]
+
+resource workerReplyReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(replyQueueResource.id, workerPrincipalId, dataReceiverRoleId)
+  scope: replyQueueResource
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', dataReceiverRoleId)
+    principalId: workerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource functionReplySender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(replyQueueResource.id, functionPrincipalId, dataSenderRoleId)
+  scope: replyQueueResource
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', dataSenderRoleId)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 output name string = serviceBusNamespace.name
 output fullyQualifiedNamespace string = '${serviceBusNamespace.name}.servicebus.windows.net'
+output replyQueueName string = replyQueueResource.name

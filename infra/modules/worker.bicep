@@ -43,6 +43,9 @@ param serviceBusFqdn string
 @description('The queues, from queues.json.')
 param queues array
 
+@description('Name of the reply queue the worker receives synchronous answers from.')
+param replyQueueName string
+
 @description('Application Insights connection string.')
 param appInsightsConnectionString string
 
@@ -168,6 +171,13 @@ var queueEnv = [
   }
 ]
 
+var replyEnv = [
+  {
+    name: 'RELAYBUS_REPLY_QUEUE'
+    value: replyQueueName
+  }
+]
+
 var slackEnv = enableSlack
   ? [
       {
@@ -237,7 +247,7 @@ resource workerApp 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json(cpu)
             memory: memory
           }
-          env: concat(baseEnv, queueEnv, slackEnv, teamsEnv)
+          env: concat(baseEnv, queueEnv, replyEnv, slackEnv, teamsEnv)
           probes: [
             {
               type: 'Liveness'

@@ -31,10 +31,12 @@
 - `close()` flushes what is queued (bounded by `close_timeout`), then closes the senders, the client
   and the credential. Every task is owned by its lane and awaited or cancelled on close.
 
-The network edge is one seam: `SenderFactory`, a callable returning a `Sender` for a queue name (by
-default `ServiceBusClient.get_queue_sender`). `FakeNamespace` (`worker.publish.servicebus_fake`) provides
-fake senders built on the SDK's real `ServiceBusMessageBatch`, with a simulated round trip and
-scripted failures, for tests and benchmarks.
+The network edge is two seams: `SenderFactory`, a callable returning a `Sender` for a queue name (by
+default `ServiceBusClient.get_queue_sender`), and `SessionReceiverFactory`, a callable returning a
+`SessionReceiver` for (queue, session id) (by default `ServiceBusClient.get_queue_receiver` in
+receive-and-delete mode: the worker's reply inbox, `worker.replies`). `FakeNamespace`
+(`worker.publish.servicebus_fake`) provides fake senders built on the SDK's real `ServiceBusMessageBatch`
+and fake session receivers, with a simulated round trip and scripted failures, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from azure.core.exceptions import ClientAuthenticationError
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import (
     MessageSizeExceededError,
@@ -81,6 +84,8 @@ _CLIENT_RETRY: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2, 
 """Short SDK-level retries: the backend's `RetryPolicy` owns the overall bound."""
 DEFAULT_MAX_BATCH_BYTES = 256 * 1024
 """Standard tier batch limit (Premium: 1 MB)."""
+REPLY_PREFETCH = 100
+"""Replies the session receiver takes ahead (receive-and-delete, so only a crash can lose them)."""
 
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     ServiceBusServerBusyError,
@@ -117,6 +122,45 @@ class Sender(Protocol):
 
 SenderFactory = Callable[[str], Sender]
 """Returns a new sender for a queue name. Called at most once per queue (again only after a failure)."""
+
+
+class ReceivedMessage(Protocol):
+    """The part of `azure.servicebus.ServiceBusReceivedMessage` the reply inbox reads."""
+
+    @property
+    def body(self) -> Any: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def correlation_id(self) -> str | None: ...
+
+    @property
+    def session_id(self) -> str | None: ...
+
+
+class ReceiverSession(Protocol):
+    async def renew_lock(self) -> datetime: ...
+
+
+class SessionReceiver(Protocol):
+    """The part of `azure.servicebus.aio.ServiceBusReceiver` (a session receiver) the reply inbox uses."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def receive_messages(
+        self, max_message_count: int | None = 1, max_wait_time: float | None = None
+    ) -> Sequence[ReceivedMessage]: ...
+
+    @property
+    def session(self) -> ReceiverSession: ...
+
+    async def close(self) -> None: ...
+
+
+SessionReceiverFactory = Callable[[str, str], SessionReceiver]
+"""Returns a new receiver of one session (queue name, session id), not opened yet."""
 
 
 class _Closable(Protocol):
@@ -170,13 +214,22 @@ class _Added(Enum):
 
 
 def to_servicebus_message(message: QueueMessage) -> ServiceBusMessage:
-    """Pure: the Service Bus message for a queue message (MessageId, SessionId, properties, JSON body)."""
+    """Pure: the Service Bus message for a queue message (MessageId, SessionId, properties, JSON body, and
+    when set CorrelationId, ReplyTo, ReplyToSessionId, TimeToLive, ScheduledEnqueueTimeUtc)."""
+    scheduled = message.scheduled_enqueue_time
+    if scheduled is not None and scheduled.tzinfo is None:
+        scheduled = scheduled.replace(tzinfo=UTC)  # a naive time is UTC, as everywhere in relaybus
     return ServiceBusMessage(
         message.body,
         message_id=message.message_id,
         session_id=message.session_id,
         application_properties=dict(message.application_properties),  # type: ignore[arg-type]
         content_type=CONTENT_TYPE,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        reply_to_session_id=message.reply_to_session_id,
+        time_to_live=None if message.time_to_live is None else timedelta(seconds=message.time_to_live),
+        scheduled_enqueue_time_utc=scheduled,
     )
 
 
@@ -427,10 +480,13 @@ class ServiceBusBackend:
         resources: Sequence[_Closable] = (),
         client: ServiceBusClient | None = None,
         rng: random.Random | None = None,
+        receiver_factory: SessionReceiverFactory | None = None,
     ) -> None:
         """`queues` are the queues `open()` warms up; `resources` (client, credential) are closed by
-        `close()` after the senders; `client` is kept for inspection."""
+        `close()` after the senders; `client` is kept for inspection. `receiver_factory` makes the session
+        receivers of the reply inbox (None: this backend takes no replies)."""
         self.sender_factory = sender_factory
+        self.receiver_factory = receiver_factory
         self.options = options or ServiceBusBackendOptions()
         self.queues = tuple(queues)
         self.client = client
@@ -455,7 +511,28 @@ class ServiceBusBackend:
         def factory(queue: str) -> Sender:
             return client.get_queue_sender(queue_name=queue)
 
-        return cls(factory, options, queues=queues, resources=(client, *resources), client=client)
+        def receiver(queue: str, session_id: str) -> SessionReceiver:
+            # Receive-and-delete: a reply has one consumer, the process waiting for it; settling it would
+            # cost a round trip for nothing (a reply lost with a crashed worker is one nobody waits for).
+            # Prefetch keeps link credit open, so replies stream in while the inbox handles the previous one.
+            return cast(
+                SessionReceiver,
+                client.get_queue_receiver(
+                    queue_name=queue,
+                    session_id=session_id,
+                    receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE,
+                    prefetch_count=REPLY_PREFETCH,
+                ),
+            )
+
+        return cls(
+            factory,
+            options,
+            queues=queues,
+            resources=(client, *resources),
+            client=client,
+            receiver_factory=receiver,
+        )
 
     @classmethod
     def from_connection_string(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -26,7 +27,15 @@ from websockets.exceptions import ConnectionClosed
 from shared.redact import describe_exception, redact_url
 from worker.handoff import Handoff, Verdict
 from worker.metrics import Metrics
-from worker.slack.protocol import Disconnect, EnvelopeFrame, Hello, Invalid, build_ack, parse_frame
+from worker.slack.protocol import (
+    ANSWER_BUDGET_MS,
+    Disconnect,
+    EnvelopeFrame,
+    Hello,
+    Invalid,
+    build_ack,
+    parse_frame,
+)
 from worker.slack.settings import SlackSettings
 from worker.wsio import FrameWriter
 
@@ -211,8 +220,14 @@ class SlackConnection:
                 return False  # no ack: Slack redelivers (events) or the user sees the failure (interactions)
             return self._ack(frame, verdict)
 
+        envelope = frame.envelope
+        inbox = self._handoff.replies
+        if frame.accepts_response_payload and inbox is not None:
+            # the answer rides in the ack: wait for it until 3 s after Slack sent the envelope, minus a margin
+            budget = timedelta(milliseconds=ANSWER_BUDGET_MS - self._settings.answer_margin_ms)
+            envelope = envelope.model_copy(update={"reply_to": inbox.address(envelope.received_at + budget)})
         try:
-            await self._handoff.deliver(frame.envelope, answer, also=(frame.envelope_id,))
+            await self._handoff.deliver(envelope, answer, also=(frame.envelope_id,))
         except Exception:
             log.exception(
                 "slack connection %s: hand-off crashed envelope_id=%s (not acked)", self.id, frame.envelope_id
@@ -224,7 +239,17 @@ class SlackConnection:
     def _ack(self, frame: EnvelopeFrame, verdict: Verdict) -> asyncio.Future[bool]:
         assert self._writer is not None
         payload = verdict.body if frame.accepts_response_payload else None
-        return self._writer.send_nowait(build_ack(frame.envelope_id, payload).text.encode())
+        ack = build_ack(frame.envelope_id, payload)
+        if ack.payload_dropped:
+            self._metrics.answer_fallback("slack", "invalid")
+            log.warning(
+                "slack connection %s: the answer would make the ack frame reach Slack's 20 KB limit: plain ack "
+                "instead envelope_id=%s interaction=%s",
+                self.id,
+                frame.envelope_id,
+                frame.envelope.event_type,
+            )
+        return self._writer.send_nowait(ack.text.encode())
 
     @property
     def acked(self) -> int:

@@ -6,7 +6,9 @@
 - `Disconnect`: Slack asks us to go (`warning`, `refresh_requested`, `too_many_websockets`,
   `link_disabled`, ...),
 - `EnvelopeFrame`: an `events_api`, `interactive` or `slash_commands` envelope, already turned into the
-  queue contract's `Envelope` with its dedupe keys (stable id first, then the envelope_id),
+  queue contract's `Envelope` with its dedupe keys (stable id first, then the envelope_id);
+  `Envelope.accepts_response` is the frame's `accepts_response_payload` (view submissions, external select
+  options, slash commands), which routes it to a `responds` route,
 - `Invalid`: anything else, with a short machine-friendly `reason` (counted by the connector).
 
 `build_ack()` builds the ack frame and guarantees it stays below Slack's 20 KB frame limit.
@@ -26,6 +28,8 @@ from shared.jsonfmt import compact
 
 MAX_ACK_BYTES: Final = 20 * 1024
 """Slack drops (and may close the socket on) frames of this size or more."""
+ANSWER_BUDGET_MS: Final = 3000
+"""Slack wants the ack, answer included, within 3 s of sending the envelope."""
 DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
 MAX_ENVELOPE_ID_LENGTH: Final = 256
 
@@ -217,6 +221,7 @@ def _envelope(
         event_type = _str_or_none(payload.get("command"))
         tenant = _str_or_none(payload.get("team_id"))
         channel = _str_or_none(payload.get("channel_id"))
+    accepts = obj.get("accepts_response_payload") is True
     attempt = max(_int_or_none(obj.get("retry_attempt")) or 0, 0)
     reason = _str_or_none(obj.get("retry_reason"))
     retry = _FIRST_ATTEMPT if attempt == 0 and reason is None else RetryInfo(attempt=attempt, reason=reason)
@@ -232,10 +237,10 @@ def _envelope(
         received_at=received_at,
         connection_id=connection_id,
         retry=retry,
+        accepts_response=accepts,
         payload=payload,
     )
-    accepts = obj.get("accepts_response_payload")
-    return EnvelopeFrame(envelope, keys, envelope_id, accepts is True)
+    return EnvelopeFrame(envelope, keys, envelope_id, accepts)
 
 
 def _channel_of(event: dict[str, Any]) -> str | None:

@@ -35,6 +35,9 @@ class SlackSettings(BaseModel):
     backoff_cap: float = Field(default=30.0, gt=0, alias="SLACK_BACKOFF_CAP_SECONDS")
     max_retry_after: float = Field(default=120.0, gt=0, alias="SLACK_MAX_RETRY_AFTER_SECONDS")
     """Upper bound on a Retry-After honoured from apps.connections.open."""
+    answer_margin_ms: int = Field(default=300, ge=0, le=2900, alias="SLACK_ANSWER_MARGIN_MS")
+    """Synchronous answers: the worker waits for a function's answer until 3 s after the envelope arrived minus
+    this, then sends the plain ack (so the ack reaches Slack within its 3 s)."""
 
     @field_validator("app_token")
     @classmethod

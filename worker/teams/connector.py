@@ -6,8 +6,13 @@
 It owns the HTTP client and the Bot Framework token provider, runs the slots (`worker.teams.pool`), and
 glues each delivery to the handoff: `protocol.classify()` decides what a delivery is (refused → 400 at
 once, counted as invalid), `Handoff.deliver()` decides the answer and calls this connector's answer
-action, which writes the completion (`protocol.answer_status`: 200 durable, 500 not; invokes carry a
-`body`). The shipped contract's failures are redelivered by the service (`AckPolicy.REDELIVERS`); the
+action, which writes the completion (`protocol.answer`: 200 durable, 500 not; invokes carry a `body`).
+Every invoke takes a synchronous answer: with a reply inbox, its envelope gets `reply_to` (deadline:
+received + `deadlineMs` − `TEAMS_ANSWER_MARGIN_MS`) and its completion carries the function's status and
+body, or the fallback (500, `{"error": …}`) when none came in time. A redelivery of an invoke already
+published (after a fallback 500, for example) is a duplicate: 200 without a body.
+
+The shipped contract's failures are redelivered by the service (`AckPolicy.REDELIVERS`); the
 draft contract's one-way `activity` cannot be, so a failed publish keeps the envelope in the handoff's
 retry buffer (`AckPolicy.KEEP_UNTIL_DURABLE`).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -26,7 +32,7 @@ from worker.metrics import Metrics
 from worker.teams import signalr
 from worker.teams.connection import HubConnection, Timings, epoch_ms
 from worker.teams.pool import PLATFORM, ConnectorTimings, TeamsPool
-from worker.teams.protocol import Refused, answer_status, classify, completion_result
+from worker.teams.protocol import Refused, answer, classify, completion_result, deadline_ms
 from worker.teams.settings import TeamsSettings
 
 __all__ = ["ConnectorTimings", "TeamsConnector", "Timings"]
@@ -114,24 +120,23 @@ class TeamsConnector:
         delivery, envelope = decided.delivery, decided.envelope
         bot_key = delivery.bot_key or conn.bot_key
         sent_status: list[int] = []
+        inbox = self.handoff.replies
+        if envelope.accepts_response and inv_id is not None and inbox is not None:  # every invoke
+            budget = deadline_ms(delivery) - self.settings.answer_margin_ms
+            deadline = datetime.fromtimestamp(recv_at / 1000, UTC) + timedelta(milliseconds=budget)
+            envelope = envelope.model_copy(update={"reply_to": inbox.address(deadline)})
 
-        def answer(verdict: Verdict) -> bool | asyncio.Future[bool]:
-            status = answer_status(verdict.ack)
+        def complete(verdict: Verdict) -> bool | asyncio.Future[bool]:
+            status, body = answer(verdict.ack, verdict.status, verdict.body, verdict.fallback)
             sent_status.append(status)
             if inv_id is None:
                 return verdict.ack  # the draft contract: nothing to answer
             result = completion_result(
-                delivery.envelope_id,
-                bot_key,
-                status,
-                recv_at,
-                epoch_ms(),
-                body=verdict.body,
-                invoke=delivery.is_invoke,
+                delivery.envelope_id, bot_key, status, recv_at, epoch_ms(), body=body, invoke=delivery.is_invoke
             )
             return conn.send_completion(inv_id, result)
 
-        outcome = await self.handoff.deliver(envelope, answer, also=decided.also, policy=self._policy)
+        outcome = await self.handoff.deliver(envelope, complete, also=decided.also, policy=self._policy)
         log.info(
             "envelope %s status=%s cv=%s envelopeId=%s geo=%s connection=%s type=%s",
             outcome.value,

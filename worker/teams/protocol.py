@@ -7,6 +7,9 @@ The delivery rules live here, in one place, as pure functions:
   no activity, a `protocolVersion` above 1 (refused before any handler runs, as the contract says), or an
   activity that does not fit the envelope contract. Never raises.
 - `answer_status(ack)`: 200 when the envelope is durable, 500 otherwise (the service redelivers).
+- `answer(verdict_ack, status, body, fallback)`: an invoke's completion status and body: the function's
+  answer, or the fallback (status 500, `{"error": …}`, what teams.py sends for a failed handler) when no
+  valid answer came in time.
 - `completion_result()`: the completion `result` the shipped contract expects; invokes also carry `body`.
 - `Delivery.dedupe_keys()`: `conversation.id/activity.id` first (stable across redeliveries, the
   MessageId), then the envelopeId, the order `Handoff.deliver` uses for every platform.
@@ -33,6 +36,14 @@ READY_TARGETS = frozenset({"socketready"})
 STATUS_OK = 200
 STATUS_BAD_REQUEST = 400
 STATUS_FAILED = 500
+DEFAULT_DEADLINE_MS = 5000
+"""An invoke's budget when its envelope carries no `deadlineMs` (message extensions: 5 s)."""
+FALLBACK_ERRORS = {
+    "timeout": "bot did not answer in time",
+    "handler_error": "bot handler error",
+    "invalid": "bot answer invalid",
+}
+"""The `error` of a fallback invoke completion (status 500), as teams.py answers a failed handler."""
 
 
 def is_delivery_target(target: str) -> bool:
@@ -121,10 +132,11 @@ class Delivery:
 
     def to_envelope(self, connection_id: str | None = None, received_at: datetime | None = None) -> Envelope:
         keys = self.dedupe_keys()
+        invoke = self.is_invoke
         return Envelope(
             dedupe_key=keys[0],
             platform=Platform.TEAMS,
-            kind=Kind.INVOKE if self.is_invoke else Kind.ACTIVITY,
+            kind=Kind.INVOKE if invoke else Kind.ACTIVITY,
             event_type=self.event_type,
             envelope_id=self.envelope_id,
             activity_id=self.activity_id,
@@ -132,6 +144,7 @@ class Delivery:
             conversation_key=self.conversation_id,
             received_at=received_at or utcnow(),
             connection_id=connection_id,
+            accepts_response=invoke,
             payload=self.activity,
         )
 
@@ -250,6 +263,23 @@ def classify(
 def answer_status(ack: bool) -> int:
     """200 when the envelope is durable (published or a duplicate of a durable one), else 500: redeliver."""
     return STATUS_OK if ack else STATUS_FAILED
+
+
+def answer(ack: bool, status: int | None = None, body: Any = None, fallback: str | None = None) -> tuple[int, Any]:
+    """The completion's (status, body): not durable 500; a function's answer as it is; the fallback 500 with
+    `{"error": …}` (timeout, handler_error, invalid); a durable envelope nobody answers 200 without a body."""
+    if not ack:
+        return STATUS_FAILED, None
+    if fallback is not None:
+        return STATUS_FAILED, {"error": FALLBACK_ERRORS.get(fallback, "bot answer failed")}
+    if status is not None:
+        return status, body
+    return STATUS_OK, None
+
+
+def deadline_ms(delivery: Delivery) -> int:
+    """The delivery's budget in milliseconds (`deadlineMs`, else `DEFAULT_DEADLINE_MS`)."""
+    return delivery.deadline_ms or DEFAULT_DEADLINE_MS
 
 
 def _with(refused: Refused, reason: str, detail: str) -> Refused:

@@ -45,6 +45,9 @@ class TeamsSettings(TeamsCredentials):
     max_in_flight: int = Field(default=1000, ge=1, le=100_000, alias="TEAMS_MAX_IN_FLIGHT")
     max_retry_after: float = Field(default=60.0, gt=0, le=3600, alias="TEAMS_MAX_RETRY_AFTER_SECONDS")
     """Upper bound on a `Retry-After` honoured from the service negotiate (429, 503)."""
+    answer_margin_ms: int = Field(default=300, ge=0, le=10_000, alias="TEAMS_ANSWER_MARGIN_MS")
+    """Invokes: the worker waits for a function's answer until the envelope's `deadlineMs` (5 s when absent) after
+    it arrived minus this, then completes with status 500 and an error body."""
 
     @property
     def base_url(self) -> str:
