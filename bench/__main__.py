@@ -26,7 +26,14 @@ from typing import Any, cast
 
 from bench.report import Table, machine, render
 
-MODULES: tuple[str, ...] = ("bench.publish", "bench.slack", "bench.teams", "bench.replies", "bench.coldstart")
+MODULES: tuple[str, ...] = (
+    "bench.publish",
+    "bench.slack",
+    "bench.teams",
+    "bench.replies",
+    "bench.dispatch",
+    "bench.coldstart",
+)
 """Every benchmark module, in the order they run (each exposes `async def run(quick: bool) -> list[Table]`)."""
 
 RESULTS_DIR = Path("bench-results")

@@ -13,25 +13,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from functions.models import (
-    Action,
-    Activity,
-    BlockActions,
-    BlockSuggestion,
-    Payload,
-    Raw,
-    Shortcut,
-    SlackEvent,
-    SlashCommand,
-    View,
-    ViewSubmission,
-    parse,
-)
 from functions.settings import FunctionSettings
 from shared.envelope import Envelope, Kind, Platform
 from shared.errors import DeadLetterError
 
 if TYPE_CHECKING:
+    from functions.models import Action, Activity, BlockSuggestion, Payload, SlackEvent, SlashCommand, View
     from functions.slack_api import SlackWebClient
     from functions.state import StateStore
     from functions.state.helpers import ConversationState, UserState
@@ -181,6 +168,8 @@ class SlackContext(Context):
     def body(self) -> Payload:
         """The payload typed by its kind: `SlashCommand`, `BlockActions`, `ViewSubmission`, `BlockSuggestion`,
         `Shortcut`, or for events the `event_callback` wrapper (`Raw`)."""
+        from functions.models import BlockActions, BlockSuggestion, Raw, Shortcut, SlashCommand, ViewSubmission, parse
+
         payload = self.envelope.payload
         if self.envelope.kind is Kind.SLASH_COMMANDS:
             return parse(SlashCommand, payload)
@@ -200,6 +189,8 @@ class SlackContext(Context):
     @cached_property
     def event(self) -> SlackEvent:
         """Events API: the inner `event` (empty for other kinds). Dict access works too: `ctx.event["channel"]`."""
+        from functions.models import SlackEvent, parse
+
         raw = self.envelope.payload.get("event")
         parsed = parse(SlackEvent, raw if isinstance(raw, dict) else {})
         # a payload that does not fit keeps every field, untyped (the warning is logged by `parse`)
@@ -207,11 +198,15 @@ class SlackContext(Context):
 
     @property
     def command(self) -> SlashCommand:
+        from functions.models import SlashCommand
+
         body = self.body
         return body if isinstance(body, SlashCommand) else SlashCommand()
 
     @property
     def actions(self) -> list[Action]:
+        from functions.models import BlockActions
+
         body = self.body
         return body.actions if isinstance(body, BlockActions) else []
 
@@ -223,6 +218,8 @@ class SlackContext(Context):
 
     @property
     def view(self) -> View:
+        from functions.models import BlockActions, BlockSuggestion, View, ViewSubmission
+
         body = self.body
         if isinstance(body, ViewSubmission):
             return body.view
@@ -233,6 +230,8 @@ class SlackContext(Context):
     @property
     def suggestion(self) -> BlockSuggestion:
         """An external select's request for options (`block_suggestion`)."""
+        from functions.models import BlockSuggestion
+
         body = self.body
         return body if isinstance(body, BlockSuggestion) else BlockSuggestion()
 
@@ -326,6 +325,8 @@ class TeamsContext(Context):
     @cached_property
     def activity(self) -> Activity:
         """The Bot Framework activity, typed (dict access works too: `ctx.activity["text"]`)."""
+        from functions.models import Activity, parse
+
         parsed = parse(Activity, self.envelope.payload)
         return parsed if isinstance(parsed, Activity) else Activity.model_construct(**parsed.raw())
 
