@@ -11,9 +11,9 @@ $(STAMP): requirements.txt worker/requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
-## dev: everything local on one machine (worker, local queue, local functions host, sandbox Slack and Teams)
+## dev: everything local on one machine (worker, local queue, local functions host, sandbox Slack, Teams and Direct Line agent)
 dev: $(STAMP)
-	$(PY) -m devstack dev $(ARGS)
+	$(PY) -m devstack dev --directline $(ARGS)
 
 ## test: lint, type-check and the whole test suite (what CI runs)
 test: $(STAMP) lint typecheck unit

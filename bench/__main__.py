@@ -33,6 +33,10 @@ MODULES: tuple[str, ...] = (
     "bench.replies",
     "bench.dispatch",
     "bench.coldstart",
+    "bench.efficiency",
+    "bench.fleet",
+    "bench.directline",
+    "bench.live",
 )
 """Every benchmark module, in the order they run (each exposes `async def run(quick: bool) -> list[Table]`)."""
 

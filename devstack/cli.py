@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-slack", action="store_true", help="leave Slack out (sandbox and real)")
     dev.add_argument("--no-teams", action="store_true", help="leave Teams out (sandbox and real)")
     dev.add_argument(
+        "--directline",
+        action="store_true",
+        help="bridge a Direct Line agent into Slack (the sandbox agent unless DIRECTLINE_SECRET is set; make dev does)",
+    )
+    dev.add_argument(
         "--quiet", action="store_true", help="no live progress line (banner, replies and summary are still printed)"
     )
 

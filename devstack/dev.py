@@ -37,6 +37,7 @@ import io
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -193,6 +194,10 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
         install_signal_handlers(stopping)
         async with contextlib.AsyncExitStack() as stack:
             choices = await start_platforms(args, env, stack)
+            from devstack.directline_demo import choose as choose_directline
+
+            bridged = await choose_directline(args, env, choices, stack, queue_path.parent)
+            choices += [bridged] if bridged is not None else []
             demos = [c.demo for c in choices if c.demo is not None]
             overrides: dict[str, str] = {
                 "RELAYBUS_QUEUE_BACKEND": "local",
@@ -205,6 +210,9 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
                 if choice.demo is not None:
                     overrides.update(choice.demo.settings())
             state_line = await _state_for_dev(env, overrides, queue_path.parent, stack)
+            from devstack.live import start_for_dev as start_live
+
+            live = await start_live(env, overrides, stack)
             merged = {**env, **overrides}
             # The function app reads its settings from the process environment at import.
             os.environ.update(merged)
@@ -213,8 +221,8 @@ async def _dev(args: argparse.Namespace, out: TextIO) -> int:
                 print("relaybus dev: no platform to run (both left out)", file=sys.stderr)
                 return 2
             worker = Worker(settings)
-            host = _functions_host(worker, merged)
-            banner(out, args, choices, _listeners(), queue_path, log_path, state_line)
+            host = _functions_host(worker, merged, live.http_socket if live is not None else None)
+            banner(out, args, choices, _listeners(), queue_path, log_path, state_line, live.lines() if live else ())
             console = Console(out, live=not args.quiet)
             tracker = ConnectionTracker(worker.metrics.status)
             progress = Progress()
@@ -305,7 +313,9 @@ async def _state_for_dev(
     return f"embedded SQLite store {path} ({why})"
 
 
-def _functions_host(worker: Worker, settings: Mapping[str, str]) -> LocalFunctionsHost:
+def _functions_host(
+    worker: Worker, settings: Mapping[str, str], http_socket: socket.socket | None = None
+) -> LocalFunctionsHost:
     import function_app
     from devstack.funchost import LocalFunctionsHost
     from localqueue import LocalQueueBackend
@@ -313,7 +323,8 @@ def _functions_host(worker: Worker, settings: Mapping[str, str]) -> LocalFunctio
     backend = worker.backend
     assert isinstance(backend, LocalQueueBackend)  # dev always runs the local queue
     # host.json sits next to function_app.py, wherever the command is run from
-    return LocalFunctionsHost(function_app.app, backend, Path(function_app.__file__).with_name("host.json"), settings)
+    host_json = Path(function_app.__file__).with_name("host.json")
+    return LocalFunctionsHost(function_app.app, backend, host_json, settings, http_socket=http_socket)
 
 
 def _listeners() -> list[str]:
@@ -613,6 +624,7 @@ def banner(
     queue_path: Path,
     log_path: Path,
     state_line: str = "",
+    live_lines: Sequence[str] = (),
 ) -> None:
     demos = [c.demo for c in choices if c.demo is not None]
     lines = ["relaybus dev — worker, local queue, local functions host" + (" and sandboxes" if demos else "")]
@@ -627,6 +639,7 @@ def banner(
     lines.append(f"  queue: {queue_path} (inspect: python -m worker queue stats --path {queue_path})")
     if state_line:
         lines.append(f"  state: {state_line}")
+    lines += [f"  {line}" for line in live_lines]
     lines.append(f"  logs: {log_path} (the previous run's: {log_path.name}.1)")
     if args.once:
         lines.append(f"  --once: stops when the demo is done (at most {args.timeout:g} s); Ctrl-C stops earlier")

@@ -34,6 +34,23 @@ what Azure does. Settlement follows from what the function did, as on Azure: a h
 whose retry was scheduled has returned normally, so its message is COMPLETED (`FunctionRun.sent` shows
 the scheduled copy, `FunctionStats.retries_scheduled` counts them); after the last attempt it raises
 `DeadLetterError("MaxAttemptsExceeded", ...)` and is dead-lettered.
+
+HTTP-triggered functions (`httpTrigger`) are served on loopback (`http_url`, an aiohttp server on port 0 or on
+a socket the caller bound), under host.json's `extensions.http.routePrefix` (default `api`), each route with
+its methods; functions get real `azure.functions.HttpRequest` objects and what they return (an `HttpResponse`)
+is the answer; a function that raises is a 500. Two SignalR Service bindings are implemented, against the
+service their connection setting names (the dev stack's `devstack.signalr_service`, by its connection string):
+
+- `signalRConnectionInfo` (in): `{"url": "<endpoint>/client/?hub=<hub>", "accessToken": …}`, a token signed
+  with the connection string's access key for the `userId` binding expression's value (`{headers.<name>}`,
+  `{query.<name>}` or a literal), as the extension mints it. A header or query parameter the expression names
+  but the request lacks fails the binding: a 500 before the function runs (what Azure answers too);
+- `signalR` (out): after the function returns, each item it set (a JSON object or array: messages with
+  `target`/`arguments` to a `groupName` or `userId`, group actions `{"userId","groupName","action"}`) is
+  performed with the data-plane REST API, before the answer goes out; if one fails the invocation fails (500).
+
+Bindings the host cannot run faithfully (other binding types, `idToken`/`claimTypeList`, route constraints,
+an identity-only SignalR connection) are a `ConfigurationError` naming the function, at construction.
 """
 
 from __future__ import annotations
@@ -45,20 +62,25 @@ import json
 import logging
 import os
 import re
+import socket
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+from aiohttp import web
 from azure.functions.meta import Datum
 from azure.functions.servicebus import ServiceBusMessage
 
 from functions import outbox as function_outbox
+from functions.live import LiveService, PushError, SignalRAction, access_key_token, parse_connection_string
 from functions.triggers import indexed_functions
 from localqueue import (
     Disposition,
@@ -267,6 +289,233 @@ def _direction(binding: Mapping[str, Any]) -> str:
     return str(text).lower()
 
 
+# -- HTTP-triggered functions and the SignalR Service bindings --------------------------------------------------
+
+HTTP_TRIGGER = "httpTrigger"
+HTTP_OUTPUT = "http"
+SIGNALR_CONNECTION_INFO = "signalRConnectionInfo"
+SIGNALR_OUTPUT = "signalR"
+DEFAULT_ROUTE_PREFIX = "api"
+MAX_HTTP_BODY = 1024 * 1024
+"""Request bodies the local host reads (Azure allows 100 MB; nothing here needs more than this)."""
+_BINDING_EXPRESSION = re.compile(r"\{(?P<source>headers|query)\.(?P<name>[A-Za-z0-9_.-]+)\}")
+_ROUTE_PARAMETER = re.compile(r"\{(?P<name>[^}]*)\}")
+_PLAIN_PARAMETER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRConnection:
+    """The SignalR Service a binding's connection setting names: its endpoint and access key."""
+
+    setting: str
+    endpoint: str
+    access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfoBinding:
+    """A `signalRConnectionInfo` input binding."""
+
+    name: str
+    hub: str
+    connection: SignalRConnection
+    user_id: str | None
+    """The `userId` binding expression (`{headers.x}`, `{query.x}`) or a literal; None: no user."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignalROutputBinding:
+    """A `signalR` output binding."""
+
+    name: str
+    hub: str
+    connection: SignalRConnection
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFunction:
+    """One HTTP-triggered function, as the app registered it."""
+
+    name: str
+    route: str
+    """The route template without the prefix (`live/assets/{name}`)."""
+    methods: tuple[str, ...]
+    """Upper-case methods; empty: every method."""
+    auth_level: str
+    arg_name: str
+    user_function: Callable[..., Any]
+    is_async: bool
+    connection_info: tuple[ConnectionInfoBinding, ...] = ()
+    signalr_outputs: tuple[SignalROutputBinding, ...] = ()
+
+
+def _text(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _resolve_setting(value: str, settings: Mapping[str, str], function: str) -> str:
+    """`%NAME%` replaced by the app setting NAME (which must be set)."""
+
+    def lookup(match: re.Match[str]) -> str:
+        resolved = settings.get(match[1])
+        if not resolved:
+            raise ConfigurationError(match[1], f"is not set (function {function} binds to %{match[1]}%)")
+        return resolved
+
+    return _SETTING_REFERENCE.sub(lookup, value)
+
+
+def _signalr_connection(binding: Mapping[str, Any], settings: Mapping[str, str], function: str) -> SignalRConnection:
+    setting = str(binding.get("connectionStringSetting") or binding.get("connection") or "AzureSignalRConnectionString")
+    value = settings.get(setting)
+    if not value:
+        if settings.get(f"{setting}__serviceUri"):
+            raise ConfigurationError(
+                setting,
+                f"is not set, only {setting}__serviceUri (an identity): the local functions host signs with an "
+                "access key; set it to the local SignalR Service's connection string (the dev stack does)",
+            )
+        raise ConfigurationError(setting, f"is not set (function {function} has a SignalR Service binding)")
+    endpoint, key = parse_connection_string(value, setting)
+    return SignalRConnection(setting, endpoint, key)
+
+
+def _user_id_expression(value: object, function: str) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if "{" in text and not _BINDING_EXPRESSION.fullmatch(text):
+        raise ConfigurationError(
+            function, f"userId {text!r}: the local functions host resolves {{headers.<name>}} and {{query.<name>}} only"
+        )
+    return text
+
+
+def _check_route(route: str, function: str) -> None:
+    for match in _ROUTE_PARAMETER.finditer(route):
+        if not _PLAIN_PARAMETER.fullmatch(match["name"]):
+            raise ConfigurationError(
+                function, f"route {route!r}: only plain {{name}} parameters (no constraints, optional or catch-all)"
+            )
+
+
+def discover_http(app: func.FunctionApp, settings: Mapping[str, str]) -> list[HttpFunction]:
+    """The app's HTTP-triggered functions with their SignalR Service bindings resolved against `settings`."""
+    found: list[HttpFunction] = []
+    for fn in indexed_functions(app):
+        bindings: list[dict[str, Any]] = list(fn.get_bindings_dict().get("bindings", []))
+        trigger = next((b for b in bindings if b.get("type") == HTTP_TRIGGER), None)
+        if trigger is None:
+            continue
+        name = fn.get_function_name() or fn.get_user_function().__name__
+        route = str(trigger.get("route") or name).strip("/")
+        _check_route(route, name)
+        inputs: list[ConnectionInfoBinding] = []
+        outputs: list[SignalROutputBinding] = []
+        for binding in bindings:
+            if binding is trigger:
+                continue
+            kind, direction = binding.get("type"), _direction(binding)
+            if kind == HTTP_OUTPUT and direction == "out":
+                continue
+            if kind == SIGNALR_CONNECTION_INFO and direction == "in":
+                unsupported = sorted({"idToken", "claimTypeList"} & set(binding))
+                if unsupported:
+                    raise ConfigurationError(name, f"{', '.join(unsupported)} on {kind} is not supported locally")
+                inputs.append(
+                    ConnectionInfoBinding(
+                        str(binding["name"]),
+                        _resolve_setting(str(binding.get("hubName") or ""), settings, name),
+                        _signalr_connection(binding, settings, name),
+                        _user_id_expression(binding.get("userId"), name),
+                    )
+                )
+            elif kind == SIGNALR_OUTPUT and direction == "out":
+                outputs.append(
+                    SignalROutputBinding(
+                        str(binding["name"]),
+                        _resolve_setting(str(binding.get("hubName") or ""), settings, name),
+                        _signalr_connection(binding, settings, name),
+                    )
+                )
+            else:
+                raise ConfigurationError(
+                    name, f"binding {kind!r} ({direction}) is not supported by the local functions host"
+                )
+        signalr_bindings: list[ConnectionInfoBinding | SignalROutputBinding] = [*inputs, *outputs]
+        for signalr_binding in signalr_bindings:
+            if not signalr_binding.hub:
+                raise ConfigurationError(name, f"the SignalR binding {signalr_binding.name} names no hubName")
+        user_function = fn.get_user_function()
+        found.append(
+            HttpFunction(
+                name=name,
+                route=route,
+                methods=tuple(sorted({_text(m).upper() for m in trigger.get("methods") or []})),
+                auth_level=_text(trigger.get("authLevel", "function")).lower(),
+                arg_name=str(trigger["name"]),
+                user_function=user_function,
+                is_async=inspect.iscoroutinefunction(user_function),
+                connection_info=tuple(inputs),
+                signalr_outputs=tuple(outputs),
+            )
+        )
+    return found
+
+
+def route_prefix(host_json_path: Path | None) -> str:
+    """host.json `extensions.http.routePrefix` (default `api`)."""
+    if host_json_path is None or not host_json_path.is_file():
+        return DEFAULT_ROUTE_PREFIX
+    try:
+        document = json.loads(host_json_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(str(host_json_path), f"cannot read host.json: {exc}") from exc
+    http = (document.get("extensions") or {}).get("http") or {}
+    prefix = http.get("routePrefix", DEFAULT_ROUTE_PREFIX) if isinstance(http, dict) else DEFAULT_ROUTE_PREFIX
+    return str(prefix).strip("/")
+
+
+class BindingError(Exception):
+    """An input binding could not be bound for this request (the host answers 500; the function does not run)."""
+
+
+def binding_value(expression: str | None, request: web.Request) -> str | None:
+    """The value of a `{headers.x}` / `{query.x}` binding expression (or a literal) for `request`."""
+    if expression is None:
+        return None
+    match = _BINDING_EXPRESSION.fullmatch(expression)
+    if match is None:
+        return expression
+    name = match["name"]
+    value = request.headers.get(name) if match["source"] == "headers" else request.query.get(name)
+    if value is None:
+        raise BindingError(f"Error while accessing '{name}': property doesn't exist.")
+    return value
+
+
+def connection_info(binding: ConnectionInfoBinding, user_id: str | None, *, lifetime: float = 3600.0) -> str:
+    """What the `signalRConnectionInfo` binding hands the function: the client URL and a token for `user_id`."""
+    url = f"{binding.connection.endpoint}/client/?hub={binding.hub}"
+    claims = {"nameid": user_id} if user_id else {}
+    token = access_key_token(binding.connection.access_key, url, lifetime=lifetime, **claims)
+    return json.dumps({"url": url, "accessToken": token})
+
+
+def signalr_items(value: Any) -> list[SignalRAction]:
+    """The items a function set on a `signalR` output binding (a JSON object or array, or a dict or list)."""
+    if value is None:
+        return []
+    if isinstance(value, bytes | bytearray):
+        value = value.decode()
+    if isinstance(value, str):
+        value = json.loads(value)
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, dict) for item in items):
+        raise ValueError("each item of a signalR output binding is a JSON object")
+    return [SignalRAction.from_binding(item) for item in items]
+
+
 # -- outcomes and counters -------------------------------------------------------------------------------
 
 
@@ -376,6 +625,21 @@ class _Out(func.Out[Any]):
         return self._value
 
 
+def _http_response(result: Any) -> web.Response:
+    """What an HTTP function returned, as the answer (an `HttpResponse`; a str or bytes is a 200)."""
+    if isinstance(result, func.HttpResponse):
+        headers = {key: value for key, value in result.headers.items()}
+        if not any(key.lower() == "content-type" for key in headers):
+            mimetype = result.mimetype or "text/plain"
+            headers["Content-Type"] = f"{mimetype}; charset={result.charset}" if result.charset else mimetype
+        return web.Response(status=result.status_code, body=result.get_body(), headers=headers)
+    if isinstance(result, str | bytes):
+        return web.Response(status=200, body=result.encode() if isinstance(result, str) else result)
+    if result is None:
+        return web.Response(status=204)
+    raise TypeError(f"an HTTP function returned {type(result).__name__}, not an HttpResponse")
+
+
 # -- the outbox ---------------------------------------------------------------------------------------------
 
 _sent_here: contextvars.ContextVar[list[QueueMessage] | None] = contextvars.ContextVar("funchost_sent", default=None)
@@ -425,6 +689,9 @@ class LocalFunctionsHost:
         options: HostOptions | None = None,
         on_outcome: Callable[[FunctionRun], None] | None = None,
         poll_interval: float = 0.2,
+        http_host: str = "127.0.0.1",
+        http_port: int = 0,
+        http_socket: socket.socket | None = None,
     ) -> None:
         self._settings = dict(settings or {})
         if isinstance(backend, LocalQueueBackend):
@@ -446,6 +713,35 @@ class LocalFunctionsHost:
         self.stats = HostStats({f.name: FunctionStats() for f in self.functions})
         self._backend: LocalQueueBackend | None = None
         self._function_directory = str(Path(inspect.getfile(type(app))).parent)
+        self.http_functions = discover_http(app, self._settings)
+        self.http_stats: Counter[str] = Counter()
+        """Requests, answers by status, binding failures of the HTTP functions."""
+        self._route_prefix = route_prefix(host_json_path)
+        self._http_host = http_host
+        self._http_port = http_port
+        self._http_socket = http_socket
+        if http_socket is not None:
+            bound_host, bound_port = http_socket.getsockname()[:2]
+            self._http_host, self._http_port = str(bound_host), int(bound_port)
+        self._http_runner: web.AppRunner | None = None
+        self._http_ready = asyncio.Event()
+        self._signalr: dict[tuple[str, str, str], LiveService] = {}
+
+    @property
+    def http_url(self) -> str:
+        """`http://127.0.0.1:<port>` where the HTTP functions are served (the port is known once `run` started
+        serving, or at once when a bound socket was given)."""
+        return f"http://{self._http_host}:{self._http_port}"
+
+    def url_of(self, route: str) -> str:
+        """The URL of a route (`live/negotiate` -> `http://127.0.0.1:<port>/api/live/negotiate`)."""
+        prefix = f"/{self._route_prefix}" if self._route_prefix else ""
+        return f"{self.http_url}{prefix}/{route.lstrip('/')}"
+
+    async def wait_http(self, within: float = 10.0) -> str:
+        """Until the HTTP functions are served; returns `http_url`."""
+        await asyncio.wait_for(self._http_ready.wait(), within)
+        return self.http_url
 
     @property
     def backend(self) -> LocalQueueBackend:
@@ -462,21 +758,129 @@ class LocalFunctionsHost:
         function_outbox.install(local_outbox)
         try:
             await backend.open()
+            if self.http_functions:
+                await self._start_http()
             log.info(
-                "local functions host started functions=%s path=%s",
+                "local functions host started functions=%s path=%s%s",
                 ",".join(f"{f.name}<-{f.queue}" for f in self.functions),
                 self._path,
+                f" http={self.http_url} routes={','.join(f.route for f in self.http_functions)}"
+                if self.http_functions
+                else "",
             )
             async with asyncio.TaskGroup() as group:
                 for fn in self.functions:
                     listener = self._session_listener if fn.sessions else self._listener
                     group.create_task(listener(fn, stopping), name=f"funchost-{fn.name}")
+                if self.http_functions:
+                    group.create_task(stopping.wait(), name="funchost-http")
         finally:
+            await self._stop_http()
             if function_outbox.installed() is local_outbox:
                 function_outbox.install(previous_outbox)
             await backend.close()
             self._backend = None
             log.info("local functions host stopped")
+
+    # -- HTTP functions -------------------------------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        app = web.Application(client_max_size=MAX_HTTP_BODY)
+        prefix = f"/{self._route_prefix}" if self._route_prefix else ""
+        for fn in self.http_functions:
+            path = f"{prefix}/{fn.route}" if fn.route else prefix or "/"
+            for method in fn.methods or ("*",):
+                app.router.add_route(method, path, partial(self._http, fn))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._http_runner = runner
+        site: web.BaseSite
+        if self._http_socket is not None:
+            site = web.SockSite(runner, self._http_socket)
+        else:
+            site = web.TCPSite(runner, self._http_host, self._http_port)
+        await site.start()
+        server = site._server
+        if server is not None and self._http_socket is None:
+            self._http_port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self._http_ready.set()
+
+    async def _stop_http(self) -> None:
+        runner, self._http_runner = self._http_runner, None
+        if runner is not None:
+            await runner.cleanup()
+        services, self._signalr = list(self._signalr.values()), {}
+        for service in services:
+            await service.aclose()
+        self._http_ready.clear()
+
+    async def _http(self, fn: HttpFunction, request: web.Request) -> web.StreamResponse:
+        self.http_stats["requests"] += 1
+        started = time.monotonic()
+        response = await self._http_invoke(fn, request)
+        self.http_stats[f"status_{response.status}"] += 1
+        log.info(
+            "invocation function=%s method=%s path=%s status=%d seconds=%.3f",
+            fn.name,
+            request.method,
+            request.path,
+            response.status,
+            time.monotonic() - started,
+        )
+        return response
+
+    async def _http_invoke(self, fn: HttpFunction, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        req = func.HttpRequest(
+            method=request.method,
+            url=str(request.url),
+            headers=dict(request.headers),
+            params=dict(request.query),
+            route_params=dict(request.match_info),
+            body=body,
+        )
+        kwargs: dict[str, Any] = {fn.arg_name: req}
+        try:
+            for binding in fn.connection_info:
+                kwargs[binding.name] = connection_info(binding, binding_value(binding.user_id, request))
+        except BindingError as exc:
+            self.http_stats["binding_errors"] += 1
+            log.warning("binding failed function=%s: %s (the function did not run)", fn.name, exc)
+            return web.Response(status=500, text=f"Exception binding parameter: {exc}")
+        outputs = {output.name: _Out() for output in fn.signalr_outputs}
+        kwargs.update(outputs)
+        try:
+            if fn.is_async:
+                result = await fn.user_function(**kwargs)
+            else:
+                result = await asyncio.to_thread(fn.user_function, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            log.warning("function failed function=%s error=%s: %s", fn.name, type(exc).__name__, exc, exc_info=exc)
+            return web.Response(status=500)
+        for output in fn.signalr_outputs:
+            try:
+                await self._signalr_output(output, outputs[output.name].get())
+            except (PushError, ValueError) as exc:
+                self.http_stats["output_binding_errors"] += 1
+                log.warning("the signalR output binding failed function=%s: %s (the invocation fails)", fn.name, exc)
+                return web.Response(status=500)
+        return _http_response(result)
+
+    async def _signalr_output(self, binding: SignalROutputBinding, value: Any) -> None:
+        items = signalr_items(value)
+        if not items:
+            return
+        connection = binding.connection
+        key = (connection.endpoint, binding.hub, connection.access_key)
+        service = self._signalr.get(key)
+        if service is None:
+            service = self._signalr[key] = LiveService(
+                connection.endpoint, binding.hub, access_key=connection.access_key, timeout=10.0
+            )
+        for item in items:
+            await service.perform(item)
 
     # -- listeners ------------------------------------------------------------------------------------
 

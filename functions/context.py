@@ -14,10 +14,15 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from functions.settings import FunctionSettings
+from shared.apps import setting_for
 from shared.envelope import Envelope, Kind, Platform
-from shared.errors import DeadLetterError
+from shared.errors import ConfigurationError, DeadLetterError
+from shared.teams_auth import token_provider
+from shared.urls import split
 
 if TYPE_CHECKING:
+    from functions.directline import DirectLineBridgeSettings, DirectLineClient
+    from functions.live import LiveChannel
     from functions.models import Action, Activity, BlockSuggestion, Payload, SlackEvent, SlashCommand, View
     from functions.slack_api import SlackWebClient
     from functions.state import StateStore
@@ -26,14 +31,24 @@ if TYPE_CHECKING:
 
 
 class ReplyClients:
-    """Reply clients shared by every invocation in this process (recreated if the event loop changes)."""
+    """Reply clients shared by every invocation in this process (recreated if the event loop changes).
 
-    def __init__(self, settings: FunctionSettings) -> None:
+    Several apps (`RELAYBUS_SLACK_APPS`, `RELAYBUS_TEAMS_BOTS`): `slack_for(envelope.app)` and
+    `teams_for(envelope.app)` answer with that app's bot token / bot credentials, one client per app; the
+    envelope of an app the settings do not list is refused (`ConfigurationError` naming the missing setting)
+    rather than answered with another app's identity. `slack` and `teams` are the single app's clients."""
+
+    def __init__(self, settings: FunctionSettings, *, directline: DirectLineBridgeSettings | None = None) -> None:
         self.settings = settings
+        self.directline_settings = directline
+        """For `directline`: None reads `DIRECTLINE_*` from the environment on first use."""
+        self._directline: DirectLineClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slack: SlackWebClient | None = None
         self._teams: BotConnectorClient | None = None
         self._state: StateStore | None = None
+        self._slack_apps: dict[str, SlackWebClient] = {}
+        self._teams_bots: dict[str, BotConnectorClient] = {}
 
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -42,6 +57,53 @@ class ReplyClients:
             self._slack = None
             self._teams = None
             self._state = None
+            self._directline = None
+            self._slack_apps = {}
+            self._teams_bots = {}
+
+    def slack_for(self, app: str | None) -> SlackWebClient:
+        """The Slack client of the app that received the envelope (None: the single app's, `slack`)."""
+        if app is None:
+            return self.slack
+        self._check_loop()
+        client = self._slack_apps.get(app)
+        if client is None:
+            from functions.slack_api import SlackWebClient
+
+            if app not in self.settings.slack_apps:
+                raise ConfigurationError(
+                    setting_for("SLACK_BOT_TOKEN", app),
+                    f"is required to answer envelopes of the Slack app {app!r} (and RELAYBUS_SLACK_APPS must list it)",
+                )
+            s = self.settings
+            api_url = s.slack_app_api_urls.get(app, s.slack_api_url)
+            parts = split(api_url)
+            client = self._slack_apps[app] = SlackWebClient(
+                s.slack_apps[app],
+                api_url=api_url,
+                response_url_hosts=s.response_url_hosts,
+                allow_loopback_response_urls=s.sandbox or (parts is not None and parts.loopback),
+            )
+        return client
+
+    def teams_for(self, app: str | None) -> BotConnectorClient:
+        """The Bot Connector client of the bot that received the envelope (None: the single bot's, `teams`)."""
+        if app is None:
+            return self.teams
+        self._check_loop()
+        client = self._teams_bots.get(app)
+        if client is None:
+            from functions.teams_api import BotConnectorClient
+
+            credentials = self.settings.teams_bots.get(app)
+            if credentials is None:
+                raise ConfigurationError(
+                    setting_for("TEAMS_APP_ID", app),
+                    f"is required to answer envelopes of the Teams bot {app!r} (and RELAYBUS_TEAMS_BOTS must list it)",
+                )
+            tokens, _hint = token_provider(credentials)
+            client = self._teams_bots[app] = BotConnectorClient(tokens, allowed_hosts=self.settings.service_url_hosts)
+        return client
 
     @property
     def slack(self) -> SlackWebClient:
@@ -71,7 +133,24 @@ class ReplyClients:
             self._state = state_store(self.settings)
         return self._state
 
+    @property
+    def directline(self) -> DirectLineClient:
+        """The Direct Line client (`functions.directline`): conversations per key, kept in the state store."""
+        self._check_loop()
+        if self._directline is None:
+            from functions.directline import DirectLineBridgeSettings, DirectLineClient
+
+            settings = self.directline_settings or DirectLineBridgeSettings.from_env()
+            if settings is None:
+                raise ConfigurationError("DIRECTLINE_SECRET", "is required to use ctx.directline (a Direct Line bot)")
+            self.directline_settings = settings
+            self._directline = DirectLineClient(settings, self.state)
+        return self._directline
+
     async def aclose(self) -> None:
+        if self._directline is not None:
+            await self._directline.aclose()
+            self._directline = None
         if self._state is not None:
             await self._state.aclose()
             self._state = None
@@ -81,6 +160,11 @@ class ReplyClients:
         if self._teams is not None:
             await self._teams.aclose()
             self._teams = None
+        for slack in self._slack_apps.values():
+            await slack.aclose()
+        for teams in self._teams_bots.values():
+            await teams.aclose()
+        self._slack_apps, self._teams_bots = {}, {}
 
 
 @dataclass
@@ -138,13 +222,19 @@ class Context:
 
     @property
     def slack(self) -> SlackWebClient:
-        """The Slack Web API client (`client` in Bolt)."""
-        return self.clients.slack
+        """The Slack Web API client (`client` in Bolt), with the bot token of the app that received the envelope."""
+        return self.clients.slack_for(self.envelope.app)
 
     @property
     def teams(self) -> BotConnectorClient:
-        """The Bot Connector client."""
-        return self.clients.teams
+        """The Bot Connector client, with the credentials of the bot that received the envelope."""
+        return self.clients.teams_for(self.envelope.app)
+
+    @property
+    def directline(self) -> DirectLineClient:
+        """A Direct Line bot (a Copilot Studio agent): `await ctx.directline.post(key, user=..., text=...)`
+        starts or resumes the key's conversation; its answers arrive on the `directline_activities` route."""
+        return self.clients.directline
 
     def text(self, *, strip_mentions: bool = False) -> str:
         """The message text (Slack event or command text, Teams activity text), mentions removed on request."""
@@ -155,6 +245,14 @@ class Context:
         """Per-conversation and per-user state: `await ctx.state.conversation.update(fn)`, `ctx.state.user.get()`."""
         return ConversationScopes(self)
 
+    @cached_property
+    def live(self) -> LiveChannel:
+        """Live updates to the envelope's tenant (Azure SignalR Service): `await ctx.live.send("ticket", {...})`
+        reaches every signed-in live page of that tenant and no other (`functions.live`); best-effort."""
+        from functions.live import LiveChannel
+
+        return LiveChannel.for_context(self)
+
 
 class SlackContext(Context):
     """A Slack envelope: typed payloads (`event`, `command`, `actions`, `view`, `suggestion`, `body`), `say()`,
@@ -162,7 +260,7 @@ class SlackContext(Context):
 
     @property
     def client(self) -> SlackWebClient:
-        return self.clients.slack
+        return self.clients.slack_for(self.envelope.app)
 
     @cached_property
     def body(self) -> Payload:

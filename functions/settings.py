@@ -37,9 +37,19 @@ import re
 from collections.abc import Mapping
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from shared.config import aliases, load_section
+from shared.apps import SLACK_APPS, TEAMS_BOTS, app_names, app_section, setting_for, suffix
+from shared.config import aliases, configuration_error, load_section
 from shared.errors import ConfigurationError
 from shared.routes import REPLIES, ROUTES
 from shared.teams_auth import TeamsCredentials, check_static_token
@@ -146,6 +156,14 @@ class FunctionSettings(BaseModel):
     """Comma-separated hosts a serviceUrl may name (`.suffix` for subdomains); default: Bot Framework hosts."""
     teams: TeamsCredentials | None = None
     """Bot Framework credentials (`TEAMS_*`), when any is set: the same model the worker validates."""
+    slack_apps: dict[str, SecretStr | None] = Field(default_factory=dict, exclude=True)
+    """Several Slack apps (`RELAYBUS_SLACK_APPS`, `shared.apps`): each app's bot token (`SLACK_BOT_TOKEN__<APP>`, None
+    when not set: only `response_url` replies then), by app name; the envelope's `app` picks one."""
+    slack_app_api_urls: dict[str, str] = Field(default_factory=dict, exclude=True)
+    """Per-app Web API base URLs (`SLACK_API_URL__<APP>`, checked as `SLACK_API_URL` is); an app without one uses
+    `SLACK_API_URL`. Only sandboxes need this (every real app answers at slack.com)."""
+    teams_bots: dict[str, TeamsCredentials] = Field(default_factory=dict, exclude=True)
+    """Several Teams bots (`RELAYBUS_TEAMS_BOTS`): each bot's credentials (`TEAMS_APP_ID__<BOT>`, …), by bot name."""
     # --- state (functions.state) ---
     state_connection: SecretStr | None = Field(default=None, alias="RELAYBUS_STATE_CONNECTION")
     """A Storage connection string for the state table (Azurite: `UseDevelopmentStorage=true`); local only."""
@@ -176,6 +194,29 @@ class FunctionSettings(BaseModel):
     service_bus_namespace: str | None = Field(default=None, alias="ServiceBusConnection__fullyQualifiedNamespace")
     service_bus_client_id: str | None = Field(default=None, alias="ServiceBusConnection__clientId")
     """The user-assigned managed identity the function app uses (DefaultAzureCredential pinned to it)."""
+    # --- live updates (functions.live: Azure SignalR Service in serverless mode; checked by functions.live) ---
+    signalr_connection: SecretStr | None = Field(default=None, alias="AzureSignalRConnectionString")
+    """`Endpoint=…;AccessKey=…;Version=1.0;`: the dev stack's local SignalR Service; in Azure the identity below."""
+    signalr_service_uri: str | None = Field(default=None, alias="AzureSignalRConnectionString__serviceUri")
+    """`https://<name>.service.signalr.net`: SignalR Service reached with the managed identity (no access key)."""
+    signalr_credential: str | None = Field(default=None, alias="AzureSignalRConnectionString__credential")
+    """`managedidentity` (what the SignalR extension's identity-based connection reads)."""
+    signalr_client_id: str | None = Field(default=None, alias="AzureSignalRConnectionString__clientId")
+    """Client id of the user-assigned identity that negotiates and pushes."""
+    live_hub: str = Field(default="relaybus", alias="RELAYBUS_LIVE_HUB")
+    """The SignalR hub the live page connects to and handlers push through."""
+    live_audience: str | None = Field(default=None, alias="RELAYBUS_LIVE_AUDIENCE")
+    """Comma-separated audiences a page's bearer token may be issued for (the app's client id, `api://…`)."""
+    live_issuers: str | None = Field(default=None, alias="RELAYBUS_LIVE_ISSUERS")
+    """Comma-separated issuers, `{tid}` standing for the token's tenant (default: Entra ID v2 and v1)."""
+    live_jwks_url: str | None = Field(default=None, alias="RELAYBUS_LIVE_JWKS_URL")
+    """Where the issuers' signing keys are (default: Entra ID's common JWKS)."""
+    live_tenants: str | None = Field(default=None, alias="RELAYBUS_LIVE_TENANTS")
+    """Comma-separated tenant ids allowed to negotiate (default: any tenant whose token validates)."""
+    live_tenant_aliases: str | None = Field(default=None, alias="RELAYBUS_LIVE_TENANT_ALIASES")
+    """`<slack team id>=<tenant id>,…`: pushes of a Slack workspace go to that tenant's group."""
+    live_client_js: str | None = Field(default=None, alias="RELAYBUS_LIVE_CLIENT_JS")
+    """The `@microsoft/signalr` browser bundle the live page loads (default functions/static/vendor/signalr.min.js)."""
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -293,7 +334,14 @@ class FunctionSettings(BaseModel):
         if any(source.get(name) for name in _TEAMS_TRIGGERS):
             teams = load_section(TeamsCredentials, source)
         settings = load_section(
-            cls, source, teams=teams, retry_routes=_route_retries(source), queue_names=_queue_names(source)
+            cls,
+            source,
+            teams=teams,
+            retry_routes=_route_retries(source),
+            queue_names=_queue_names(source),
+            slack_apps=_slack_apps(source),
+            slack_app_api_urls=_slack_api_urls(source),
+            teams_bots=_teams_bots(source),
         )
         for route, override in settings.retry_routes.items():
             base = override.base_seconds or settings.retry_base_seconds
@@ -306,12 +354,78 @@ class FunctionSettings(BaseModel):
                 raise ConfigurationError(
                     f"{RETRY_MAX_SECONDS}__{route}", f"must be at least the route's base delay ({cap:g} < {base:g})"
                 )
-        if teams is not None:
+        for app, credentials in [(None, teams), *settings.teams_bots.items()]:
+            if credentials is None:
+                continue
             try:
-                check_static_token(teams, settings.service_url_hosts, "BOT_CONNECTOR_ALLOWED_HOSTS")
+                check_static_token(credentials, settings.service_url_hosts, "BOT_CONNECTOR_ALLOWED_HOSTS")
             except ValueError as exc:
-                raise ConfigurationError("TEAMS_STATIC_TOKEN", str(exc).removeprefix("TEAMS_STATIC_TOKEN ")) from None
+                problem = str(exc).removeprefix("TEAMS_STATIC_TOKEN ")
+                raise ConfigurationError(setting_for("TEAMS_STATIC_TOKEN", app), problem) from None
         return settings
+
+
+_TEAMS_SECRETS = (*_TEAMS_TRIGGERS, "TEAMS_MANAGED_IDENTITY_CLIENT_ID")
+"""What each named bot must have of its own (`shared.apps`: never taken from the unsuffixed settings)."""
+
+
+def _slack_apps(source: Mapping[str, str]) -> dict[str, SecretStr | None]:
+    """`RELAYBUS_SLACK_APPS` and each app's `SLACK_BOT_TOKEN__<APP>` (validated as `SLACK_BOT_TOKEN` is)."""
+    names = app_names(source, SLACK_APPS)
+    if not names:
+        return {}
+    if source.get("SLACK_BOT_TOKEN"):
+        raise ConfigurationError(
+            "SLACK_BOT_TOKEN",
+            f"is set together with {SLACK_APPS}: give each app its own (SLACK_BOT_TOKEN{suffix(names[0])})",
+        )
+    apps: dict[str, SecretStr | None] = {}
+    for name in names:
+        setting = setting_for("SLACK_BOT_TOKEN", name)
+        token = source.get(setting, "")
+        if not token:
+            apps[name] = None
+            continue
+        try:
+            apps[name] = FunctionSettings._bot_token(SecretStr(token))
+        except ValueError as exc:
+            raise ConfigurationError(setting, str(exc)) from None
+    return apps
+
+
+def _slack_api_urls(source: Mapping[str, str]) -> dict[str, str]:
+    """`SLACK_API_URL__<APP>` of the apps that set one (validated as `SLACK_API_URL` is)."""
+    urls: dict[str, str] = {}
+    for name in app_names(source, SLACK_APPS):
+        setting = setting_for("SLACK_API_URL", name)
+        url = source.get(setting, "")
+        if url:
+            try:
+                urls[name] = FunctionSettings._api_url(url)
+            except ValueError as exc:
+                raise ConfigurationError(setting, str(exc)) from None
+    return urls
+
+
+def _teams_bots(source: Mapping[str, str]) -> dict[str, TeamsCredentials]:
+    """`RELAYBUS_TEAMS_BOTS` and each bot's `TEAMS_APP_ID__<BOT>`, `TEAMS_APP_PASSWORD__<BOT>`, …"""
+    names = app_names(source, TEAMS_BOTS)
+    if not names:
+        return {}
+    for secret in _TEAMS_SECRETS:
+        if source.get(secret):
+            raise ConfigurationError(
+                secret, f"is set together with {TEAMS_BOTS}: give each bot its own ({secret}{suffix(names[0])})"
+            )
+    bots: dict[str, TeamsCredentials] = {}
+    for name in names:
+        section = app_section(source, name, aliases(TeamsCredentials), _TEAMS_SECRETS)
+        try:
+            bots[name] = TeamsCredentials.model_validate(section)
+        except ValidationError as exc:
+            error = configuration_error(exc, TeamsCredentials)
+            raise ConfigurationError(setting_for(error.setting, name), error.problem) from None
+    return bots
 
 
 _RETRY_FIELDS = {

@@ -81,6 +81,13 @@ param slackConnections int = 2
 @description('Slack Web API base URL.')
 param slackApiUrl string = 'https://slack.com/api/'
 
+@description('Several Slack apps in one deployment (RELAYBUS_SLACK_APPS), each {"name": "sales", "connections": 2} (lower-case names; connections optional, default slackConnections). Empty: the single app of slackAppToken/slackBotToken. Each app\'s tokens are the Key Vault secrets slack-app-token-<name> (worker) and slack-bot-token-<name> (functions).')
+param slackApps array = []
+
+@description('Tokens of slackApps, by app name: {"sales": {"appToken": "xapp-...", "botToken": "xoxb-..."}}. Written to Key Vault when given; an app left out keeps its stored values.')
+@secure()
+param slackAppTokens object = {}
+
 @description('Connect Teams (worker: TEAMS_APP_ID and TEAMS_APP_PASSWORD; functions: the same to reply).')
 param enableTeams bool = false
 
@@ -94,6 +101,13 @@ param teamsTenantId string = ''
 @secure()
 param teamsAppPassword string = ''
 
+@description('Several Teams bots in one deployment (RELAYBUS_TEAMS_BOTS), each {"name": "support", "appId": "...", "tenantId": "..."} (lower-case names). Empty: the single bot of teamsAppId. Each bot\'s client secret is the Key Vault secret teams-app-password-<name> (worker and functions).')
+param teamsBots array = []
+
+@description('Client secrets of teamsBots, by bot name: {"support": "..."}. Written to Key Vault when given; a bot left out keeps its stored value.')
+@secure()
+param teamsBotPasswords object = {}
+
 @description('Teams socket mode ring: production (botapi.skype.com), canary or pilot.')
 @allowed([
   'production'
@@ -104,6 +118,19 @@ param teamsRing string = 'production'
 
 @description('Teams geos to hold a socket in, comma separated (amer, emea, apac).')
 param teamsGeos string = 'amer'
+
+@description('Hold a Direct Line bot\'s conversations in the worker (DIRECTLINE_SECRET; see docs/directline.md).')
+param enableDirectLine bool = false
+
+@description('Direct Line channel secret. Written to Key Vault when given; empty keeps the stored value.')
+@secure()
+param directLineSecret string = ''
+
+@description('Direct Line endpoint: https://<region>.directline.botframework.com/v3/directline for a regional bot.')
+param directLineBaseUrl string = 'https://directline.botframework.com/v3/directline'
+
+@description('The Direct Line conversation directory table (leases, watermarks), in the function app\'s storage account.')
+param directLineTableName string = 'relaybusdirectline'
 
 @description('Tag of the worker image in the registry. Empty: the worker is not deployed yet (first run, before `az acr build`).')
 param workerImageTag string = ''
@@ -152,6 +179,31 @@ param stateTableName string = 'relaybusstate'
 @maxValue(730)
 param logRetentionInDays int = 30
 
+@description('Live updates (functions.live): an Azure SignalR Service in serverless mode, the negotiate function and the live page.')
+param enableLive bool = false
+
+@description('SignalR Service SKU (Free_F1: 20 connections, for trying it; Standard_S1 for production).')
+@allowed([
+  'Free_F1'
+  'Standard_S1'
+  'Premium_P1'
+])
+param signalrSku string = 'Standard_S1'
+
+@description('SignalR Service units (1,000 concurrent connections each).')
+@minValue(1)
+@maxValue(100)
+param signalrCapacity int = 1
+
+@description('Audience of the live page users\' bearer tokens (RELAYBUS_LIVE_AUDIENCE: the app registration\'s client id or api://… URI). Required with enableLive.')
+param liveAudience string = ''
+
+@description('Comma-separated tenant ids allowed on the live page (RELAYBUS_LIVE_TENANTS); empty: any tenant whose token validates.')
+param liveTenants string = ''
+
+@description('Browser origins the SignalR Service accepts (CORS); the page authenticates with a bearer token, not cookies.')
+param liveAllowedOrigins array = ['*']
+
 var queues = loadJsonContent('queues.json').queues
 var replyQueue = loadJsonContent('queues.json').replyQueue
 var token = uniqueString(resourceGroup().id, baseName)
@@ -160,6 +212,8 @@ var compact = replace(prefix, '-', '')
 var functionAppName = 'func-${prefix}-${token}'
 var workerAppName = 'ca-${prefix}-worker'
 var deployWorker = !empty(workerImageTag)
+var singleSlack = enableSlack && empty(slackApps)
+var singleTeams = enableTeams && empty(teamsBots)
 
 resource workerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-${prefix}-worker'
@@ -214,7 +268,7 @@ module keyVault 'modules/keyvault.bicep' = {
   }
 }
 
-module slackAppTokenSecret 'modules/secret.bicep' = if (enableSlack) {
+module slackAppTokenSecret 'modules/secret.bicep' = if (singleSlack) {
   name: 'secret-slack-app-token'
   params: {
     vaultName: keyVault.outputs.name
@@ -226,7 +280,7 @@ module slackAppTokenSecret 'modules/secret.bicep' = if (enableSlack) {
   }
 }
 
-module slackBotTokenSecret 'modules/secret.bicep' = if (enableSlack) {
+module slackBotTokenSecret 'modules/secret.bicep' = if (singleSlack) {
   name: 'secret-slack-bot-token'
   params: {
     vaultName: keyVault.outputs.name
@@ -238,7 +292,20 @@ module slackBotTokenSecret 'modules/secret.bicep' = if (enableSlack) {
   }
 }
 
-module teamsAppPasswordSecret 'modules/secret.bicep' = if (enableTeams) {
+module directLineSecretSecret 'modules/secret.bicep' = if (enableDirectLine) {
+  name: 'secret-directline-secret'
+  params: {
+    vaultName: keyVault.outputs.name
+    secretName: 'directline-secret'
+    value: directLineSecret
+    readerPrincipalIds: [
+      workerIdentity.properties.principalId
+      functionIdentity.properties.principalId
+    ]
+  }
+}
+
+module teamsAppPasswordSecret 'modules/secret.bicep' = if (singleTeams) {
   name: 'secret-teams-app-password'
   params: {
     vaultName: keyVault.outputs.name
@@ -250,6 +317,50 @@ module teamsAppPasswordSecret 'modules/secret.bicep' = if (enableTeams) {
     ]
   }
 }
+
+// One secret per app of slackApps / teamsBots, read by the same identities as the single app's.
+module slackAppsAppTokenSecrets 'modules/secret.bicep' = [
+  for app in slackApps: {
+    name: 'secret-slack-app-token-${app.name}'
+    params: {
+      vaultName: keyVault.outputs.name
+      secretName: 'slack-app-token-${replace(app.name, '_', '-')}'
+      value: contains(slackAppTokens, app.name) ? slackAppTokens[app.name].appToken : ''
+      readerPrincipalIds: [
+        workerIdentity.properties.principalId
+      ]
+    }
+  }
+]
+
+module slackAppsBotTokenSecrets 'modules/secret.bicep' = [
+  for app in slackApps: {
+    name: 'secret-slack-bot-token-${app.name}'
+    params: {
+      vaultName: keyVault.outputs.name
+      secretName: 'slack-bot-token-${replace(app.name, '_', '-')}'
+      value: contains(slackAppTokens, app.name) ? slackAppTokens[app.name].botToken : ''
+      readerPrincipalIds: [
+        functionIdentity.properties.principalId
+      ]
+    }
+  }
+]
+
+module teamsBotsPasswordSecrets 'modules/secret.bicep' = [
+  for bot in teamsBots: {
+    name: 'secret-teams-app-password-${bot.name}'
+    params: {
+      vaultName: keyVault.outputs.name
+      secretName: 'teams-app-password-${replace(bot.name, '_', '-')}'
+      value: contains(teamsBotPasswords, bot.name) ? teamsBotPasswords[bot.name] : ''
+      readerPrincipalIds: [
+        workerIdentity.properties.principalId
+        functionIdentity.properties.principalId
+      ]
+    }
+  }
+]
 
 module registry 'modules/registry.bicep' = {
   name: 'registry'
@@ -281,13 +392,42 @@ module functionApp 'modules/functionapp.bicep' = {
     alwaysReadyInstances: alwaysReadyInstances
     enableSlack: enableSlack
     enableTeams: enableTeams
-    slackBotTokenSecretUri: enableSlack ? slackBotTokenSecret!.outputs.uri : ''
+    slackBotTokenSecretUri: singleSlack ? slackBotTokenSecret!.outputs.uri : ''
     slackApiUrl: slackApiUrl
     teamsAppId: teamsAppId
     teamsTenantId: teamsTenantId
-    teamsAppPasswordSecretUri: enableTeams ? teamsAppPasswordSecret!.outputs.uri : ''
+    teamsAppPasswordSecretUri: singleTeams ? teamsAppPasswordSecret!.outputs.uri : ''
+    slackApps: slackApps
+    teamsBots: teamsBots
+    keyVaultUri: keyVault.outputs.uri
     tags: tags
     stateTableName: stateTableName
+    enableLive: enableLive
+    signalrServiceUri: enableLive ? signalr!.outputs.serviceUri : ''
+    liveAudience: liveAudience
+    liveTenants: liveTenants
+    enableDirectLine: enableDirectLine
+    directLineSecretUri: enableDirectLine ? directLineSecretSecret!.outputs.uri : ''
+    directLineBaseUrl: directLineBaseUrl
+    directLineTableName: directLineTableName
+    workerPrincipalId: workerIdentity.properties.principalId
+  }
+  dependsOn: [
+    slackAppsBotTokenSecrets
+    teamsBotsPasswordSecrets
+  ]
+}
+
+module signalr 'modules/signalr.bicep' = if (enableLive) {
+  name: 'signalr'
+  params: {
+    location: location
+    signalrName: 'sigr-${prefix}-${token}'
+    sku: signalrSku
+    capacity: signalrCapacity
+    allowedOrigins: liveAllowedOrigins
+    functionPrincipalId: functionIdentity.properties.principalId
+    tags: tags
   }
 }
 
@@ -311,20 +451,38 @@ module worker 'modules/worker.bicep' = if (deployWorker) {
     appInsightsConnectionString: monitoring.outputs.connectionString
     logLevel: workerLogLevel
     enableSlack: enableSlack
-    slackAppTokenSecretUri: enableSlack ? slackAppTokenSecret!.outputs.uri : ''
+    slackAppTokenSecretUri: singleSlack ? slackAppTokenSecret!.outputs.uri : ''
     slackConnections: slackConnections
     enableTeams: enableTeams
     teamsAppId: teamsAppId
     teamsTenantId: teamsTenantId
-    teamsAppPasswordSecretUri: enableTeams ? teamsAppPasswordSecret!.outputs.uri : ''
+    teamsAppPasswordSecretUri: singleTeams ? teamsAppPasswordSecret!.outputs.uri : ''
     teamsRing: teamsRing
     teamsGeos: teamsGeos
+    slackApps: slackApps
+    teamsBots: teamsBots
+    keyVaultUri: keyVault.outputs.uri
+    enableDirectLine: enableDirectLine
+    directLineSecretUri: enableDirectLine ? directLineSecretSecret!.outputs.uri : ''
+    directLineBaseUrl: directLineBaseUrl
+    directLineTableEndpoint: functionApp.outputs.tableEndpoint
+    directLineTableName: directLineTableName
     tags: tags
   }
+  dependsOn: [
+    slackAppsAppTokenSecrets
+    teamsBotsPasswordSecrets
+  ]
 }
 
 @description('Function app to publish the code to (func azure functionapp publish <name>).')
 output functionAppName string = functionApp.outputs.name
+
+@description('The live page (functions.live), served by the function app; empty without enableLive.')
+output livePageUrl string = enableLive ? 'https://${functionApp.outputs.defaultHostName}/api/live' : ''
+
+@description('SignalR Service endpoint (AzureSignalRConnectionString__serviceUri); empty without enableLive.')
+output signalrServiceUri string = enableLive ? signalr!.outputs.serviceUri : ''
 
 @description('Service Bus namespace name.')
 output serviceBusNamespace string = serviceBus.outputs.name

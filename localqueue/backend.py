@@ -10,6 +10,15 @@ on a lock another process holds, a stalled disk) is given up: its sends and any 
 `TransientPublishError`, so nothing is acked that is not durable (if the stuck commit lands later, the
 platform's redelivery is a duplicate the next run drops). The threads are not waited for; each closes its
 connection when its current operation ends.
+
+Commit pacing (`commit_interval`, the worker's `RELAYBUS_LOCAL_QUEUE_COMMIT_INTERVAL_MS`): a commit starts no
+sooner than `commit_interval` after the previous one started. While envelopes arrive one at a time at a moderate
+rate (1,000/s: one every millisecond), this turns one commit (an fsync and two thread hand-offs) per envelope
+into one per interval, shared by every envelope that arrived meanwhile, and their acks leave in one socket
+write. It adapts by itself: after a quiet moment (the last commit started longer than the interval ago) a send
+commits at once, so a lone envelope pays nothing; flat out, commits follow each other anyway (each takes about
+as long as the interval) and batches grow. The price is at most one interval of extra latency per send
+(5 ms by default, inside the platforms' 3 s by far); 0 turns pacing off.
 """
 
 from __future__ import annotations
@@ -48,6 +57,9 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+DEFAULT_COMMIT_INTERVAL = 0.005
+"""Seconds between the starts of two commits while sends keep coming (see the module docstring)."""
+
 _CLOSE_GRACE = 0.05
 """Seconds `close()` gives idle threads to close their connections once `close_timeout` is spent."""
 
@@ -80,9 +92,13 @@ class LocalQueueBackend:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         busy_timeout: float = 10.0,
         close_timeout: float = 20.0,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> None:
         if close_timeout < 0:
             raise ValueError(f"close_timeout must be at least 0, got {close_timeout}")
+        if not 0 <= commit_interval <= 1:
+            raise ValueError(f"commit_interval must be 0 to 1 second, got {commit_interval}")
+        self.commit_interval = commit_interval
         self.path = Path(path)
         self.queues: dict[str, QueueConfig] = (
             dict(queues) if queues is not None else queue_configs(routes, queue_settings)
@@ -109,6 +125,7 @@ class LocalQueueBackend:
         self.stored = 0
         self.duplicates = 0
         self.batches = 0
+        self._last_commit = -1e9
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -218,6 +235,11 @@ class LocalQueueBackend:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                pause = self._last_commit + self.commit_interval - loop.time()
+                if pause > 0 and not self._closed and len(self._pending) < self._max_batch:
+                    # the previous commit started moments ago: let this one gather company (pacing)
+                    await asyncio.sleep(pause)
+                self._last_commit = loop.time()
                 batch = self._in_flight = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 items = [(p.message, p.available_at) for p in batch]

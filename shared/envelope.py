@@ -93,6 +93,10 @@ class Envelope(BaseModel):
     envelopes travel on routes marked `responds` and may carry `reply_to`."""
     reply_to: ReplyAddress | None = None
     """Set by the worker when it waits for the answer (see `ReplyAddress`)."""
+    app: str | None = Field(default=None, min_length=1, max_length=32)
+    """Which of the deployment's Slack apps / Teams bots received it (`RELAYBUS_SLACK_APPS`, `RELAYBUS_TEAMS_BOTS`;
+    see `shared.apps`); None for the single app of the unsuffixed settings. Left out of the body when None, so a
+    single-app body is what it always was (and what readers of schema 1 without this field accept)."""
     payload: dict[str, Any]
 
     @property
@@ -111,10 +115,14 @@ class Envelope(BaseModel):
             props["tenant"] = self.tenant
         if self.event_type:
             props["event_type"] = self.event_type
+        if self.app:
+            props["app"] = self.app
         return props
 
     def to_body(self) -> bytes:
-        """The queue message body."""
+        """The queue message body (`app` only when set)."""
+        if self.app is None:
+            return self.model_dump_json(exclude=_NO_APP).encode()
         return self.model_dump_json().encode()
 
     @classmethod
@@ -126,6 +134,9 @@ class Envelope(BaseModel):
             raise InvalidEnvelopeError("InvalidBody", _describe(exc)) from exc
         except Exception as exc:  # whatever a hostile body makes the parser raise is that body's problem
             raise InvalidEnvelopeError("InvalidBody", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+_NO_APP: set[str] = {"app"}
 
 
 def message_id_for(dedupe_key: str) -> str:

@@ -169,6 +169,15 @@ ROUTES = RouteTable(
             responds=True,
             description="Teams invoke activities (Adaptive Card actions, message extensions, task modules)",
         ),
+        Route(
+            name="directline_activities",
+            queue="directline-activities",
+            setting="DIRECTLINE_ACTIVITIES_QUEUE",
+            platform=Platform.DIRECTLINE,
+            kinds=frozenset({Kind.ACTIVITY}),
+            sessions=True,
+            description="Direct Line bot activities (an agent's answers, cards, typing), ordered per conversation",
+        ),
     )
 )
 

@@ -166,7 +166,7 @@ def test_the_functions_host_sees_one_last_line(tmp_path: Path, package: Callable
 
 
 def test_the_shipped_handlers_are_discovered() -> None:
-    assert handlers.modules == ["handlers.slack", "handlers.teams", "handlers.tickets"]
+    assert handlers.modules == ["handlers.bridge", "handlers.slack", "handlers.teams", "handlers.tickets"]
     listeners = handlers.bot.listeners()
     assert "slack command /ticket -> handlers.tickets.open_ticket_modal" in listeners
     assert "teams activity message -> handlers.teams.echo" in listeners

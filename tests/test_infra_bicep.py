@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from functions.directline import DirectLineBridgeSettings
 from functions.settings import FunctionSettings
+from shared.apps import SLACK_APPS, TEAMS_BOTS
 from shared.routes import REPLIES, ROUTES
 from shared.teams_auth import TeamsCredentials
 from tests.bicep_tree import BicepFile, Declaration, Expr, body_of, parse, to_python, walk
+from worker.directline.settings import DirectLineSettings
 from worker.settings import ServiceBusSettings, WorkerSettings
 from worker.slack.settings import SlackSettings
 from worker.teams.settings import TeamsSettings
@@ -42,6 +45,7 @@ ROLE_IDS = {
     "storage-blob-data-owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "storage-table-data-contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "monitoring-metrics-publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "signalr-service-owner": "7e4f1700-ea5a-4f59-8f37-079cfe29dce3",
 }
 # The only roles each file may assign; files not listed assign none.
 ALLOWED_ROLES = {
@@ -50,6 +54,7 @@ ALLOWED_ROLES = {
     "registry.bicep": {"acr-pull"},
     "functionapp.bicep": {"storage-blob-data-owner", "storage-table-data-contributor"},
     "monitoring.bicep": {"monitoring-metrics-publisher"},
+    "signalr.bicep": {"signalr-service-owner"},  # negotiate (access key) and sends: tests/test_infra_signalr.py
 }
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET")
@@ -66,6 +71,8 @@ FUNCTION_PLATFORM_SETTINGS = {
     "ServiceBusConnection__clientId",
 }
 WORKER_PLATFORM_SETTINGS = {"AZURE_CLIENT_ID", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+APP_LISTS = {SLACK_APPS, TEAMS_BOTS}
+"""Several apps in one deployment (`shared.apps`): read by both apps' loaders before their models."""
 # Settings that must not be set in Azure: a connection string the managed identity replaces, a
 # sandbox-only credential, and an alternative credential (a certificate file the image does not hold).
 NOT_IN_AZURE = {
@@ -74,6 +81,8 @@ NOT_IN_AZURE = {
     "TEAMS_CERTIFICATE_PATH",
     "RELAYBUS_STATE_CONNECTION",  # the state table is reached with the identity (RELAYBUS_STATE_TABLE_ENDPOINT)
     "RELAYBUS_STATE_PATH",  # the embedded SQLite store: one machine, never a function app in Azure
+    "AzureSignalRConnectionString",  # the SignalR Service is reached with the identity (…__serviceUri)
+    "DIRECTLINE_TABLE_CONNECTION",  # the Direct Line directory table is reached with the identity (…_ENDPOINT)
 }
 
 
@@ -157,7 +166,7 @@ def test_secure_parameters_have_no_real_default() -> None:
     for path in BICEP_FILES:
         for param in parse(path).params.values():
             if param.secure and param.has_default:
-                assert param.default == "", f"{path.name}: {param.name}"
+                assert param.default in ("", {}), f"{path.name}: {param.name}"
 
 
 # --- queues -------------------------------------------------------------------------------------------
@@ -363,10 +372,14 @@ def test_both_apps_are_told_the_reply_queue() -> None:
     assert _expr(main.modules["functionApp"].body["params"]["replyQueueName"]) == "serviceBus.outputs.replyQueueName"
 
 
+def _name(value: Any) -> str:
+    return _expr(value) if isinstance(value, Expr) else str(value)
+
+
 def test_each_identity_reads_only_its_own_secrets() -> None:
     main = bicep("main.bicep")
     readers = {
-        m.body["params"]["secretName"]: {_expr(p) for p in m.body["params"]["readerPrincipalIds"]}
+        _name(m.body["params"]["secretName"]): {_expr(p) for p in m.body["params"]["readerPrincipalIds"]}
         for m in main.modules.values()
         if m.type_string == "modules/secret.bicep"
     }
@@ -375,6 +388,11 @@ def test_each_identity_reads_only_its_own_secrets() -> None:
         "slack-app-token": {worker},
         "slack-bot-token": {function},
         "teams-app-password": {worker, function},
+        "directline-secret": {worker, function},
+        # one per app of slackApps / teamsBots, read by the same identities
+        "'slack-app-token-${replace(app.name, '_', '-')}'": {worker},
+        "'slack-bot-token-${replace(app.name, '_', '-')}'": {function},
+        "'teams-app-password-${replace(bot.name, '_', '-')}'": {worker, function},
     }
     (assignment,) = _role_assignments(bicep("secret.bicep"))
     assert _expr(assignment.body["scope"]) == "secret"  # the secret, not the vault
@@ -426,7 +444,10 @@ def test_function_app_sets_every_setting_the_function_code_reads() -> None:
         "ServiceBusConnection__clientId",
     }
     assert required - set(settings) == set()
-    assert set(settings) - FunctionSettings.setting_names() - FUNCTION_PLATFORM_SETTINGS == set()
+    directline = _model_aliases(DirectLineBridgeSettings)  # handlers/bridge.py and ctx.directline
+    assert (
+        set(settings) - FunctionSettings.setting_names() - FUNCTION_PLATFORM_SETTINGS - APP_LISTS - directline == set()
+    )
     assert settings["ServiceBusConnection__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert "AzureWebJobsStorage" not in settings  # no connection string
@@ -474,15 +495,16 @@ def test_state_table_exists_and_only_the_function_app_may_use_its_entities() -> 
     fa = bicep("functionapp.bicep")
     (table_service,) = fa.resources_of_type("Microsoft.Storage/storageAccounts/tableServices")
     assert _expr(table_service.body["parent"]) == "storage" and table_service.body["name"] == "default"
-    (table,) = fa.resources_of_type("Microsoft.Storage/storageAccounts/tableServices/tables")
+    tables = fa.resources_of_type("Microsoft.Storage/storageAccounts/tableServices/tables")
+    (table,) = [t for t in tables if _expr(t.body["name"]) == "stateTableName"]  # (and the Direct Line directory)
     assert _expr(table.body["parent"]) == table_service.name
-    assert _expr(table.body["name"]) == "stateTableName"
     # the narrowest data role (entities of this table: read, write, delete), scoped to the table itself
     contributor = {ROLE_IDS["storage-table-data-contributor"]}
     (assignment,) = [
         a
         for a in _role_assignments(fa)
         if _var_guids(fa, _expr(a.body["properties"]["roleDefinitionId"])) == contributor
+        and _expr(a.body["scope"]) == table.name
     ]
     assert _expr(assignment.body["scope"]) == table.name
     assert _expr(assignment.body["properties"]["principalId"]) == "identityPrincipalId"
@@ -500,6 +522,34 @@ def test_state_table_exists_and_only_the_function_app_may_use_its_entities() -> 
     main = bicep("main.bicep")
     assert main.params["stateTableName"].default == FunctionSettings.model_fields["state_table"].default
     assert _expr(main.modules["functionApp"].body["params"]["stateTableName"]) == "stateTableName"
+
+
+def test_the_direct_line_directory_is_one_table_both_identities_use_through_their_identity() -> None:
+    fa, wk = bicep("functionapp.bicep"), bicep("worker.bicep")
+    tables = fa.resources_of_type("Microsoft.Storage/storageAccounts/tableServices/tables")
+    (table,) = [t for t in tables if _expr(t.body["name"]) == "directLineTableName"]
+    contributor = {ROLE_IDS["storage-table-data-contributor"]}
+    principals = {
+        _expr(a.body["properties"]["principalId"])
+        for a in _role_assignments(fa)
+        if _var_guids(fa, _expr(a.body["properties"]["roleDefinitionId"])) == contributor
+        and _expr(a.body["scope"]) == table.name
+    }
+    assert principals == {"identityPrincipalId", "workerPrincipalId"}  # the entities of this table, nothing more
+    for settings in (_app_settings(fa), _app_settings(wk)):
+        assert settings["DIRECTLINE_STORE"] == "table"
+        assert _expr(settings["DIRECTLINE_TABLE"]) == "directLineTableName"
+        assert _expr(settings["DIRECTLINE_TABLE_CLIENT_ID"]) == "identityClientId"
+        assert "DIRECTLINE_TABLE_CONNECTION" not in settings and "DIRECTLINE_STORE_PATH" not in settings
+    assert _expr(_app_settings(wk)["DIRECTLINE_TABLE_ENDPOINT"]) == "directLineTableEndpoint"
+    main = bicep("main.bicep")
+    assert (
+        _expr(main.modules["worker"].body["params"]["directLineTableEndpoint"]) == "functionApp.outputs.tableEndpoint"
+    )
+    assert _expr(main.modules["functionApp"].body["params"]["workerPrincipalId"]) == (
+        "workerIdentity.properties.principalId"
+    )
+    assert main.params["directLineTableName"].default == DirectLineBridgeSettings.model_fields["table_name"].default
 
 
 def test_always_ready_keys_in_the_parameters_file_are_function_names() -> None:
@@ -540,7 +590,9 @@ def test_worker_sets_every_setting_the_worker_reads() -> None:
     wk = bicep("worker.bicep")
     settings = _app_settings(wk)
     assert _sets_queue_settings(wk)
-    required = _required_in_azure(WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings) | {
+    required = _required_in_azure(
+        WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings, DirectLineSettings
+    ) | {
         "ServiceBusConnection__fullyQualifiedNamespace",
         "ServiceBusConnection__clientId",
         "RELAYBUS_QUEUE_BACKEND",
@@ -548,8 +600,8 @@ def test_worker_sets_every_setting_the_worker_reads() -> None:
         "RELAYBUS_REPLY_QUEUE",
     }
     assert required - set(settings) == set()
-    known = _model_aliases(WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings)
-    assert set(settings) - known - WORKER_PLATFORM_SETTINGS == set()
+    known = _model_aliases(WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings, DirectLineSettings)
+    assert set(settings) - known - WORKER_PLATFORM_SETTINGS - APP_LISTS == set()
     assert settings["RELAYBUS_QUEUE_BACKEND"] == "servicebus"
     assert settings["RELAYBUS_HTTP_HOST"] == "0.0.0.0"
     assert not NOT_IN_AZURE & set(settings)
@@ -570,7 +622,7 @@ def test_worker_secrets_are_key_vault_references_through_the_identity() -> None:
         assert _expr(secret["identity"]) == "identityId"
     secret_aliases = {
         a
-        for a in _model_aliases(WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings)
+        for a in _model_aliases(WorkerSettings, ServiceBusSettings, SlackSettings, TeamsSettings, DirectLineSettings)
         if any(w in a for w in SECRET_WORDS) and a not in NOT_IN_AZURE
     }
     assert secret_aliases
@@ -636,7 +688,7 @@ def test_function_triggers_match_the_queues_the_bicep_creates() -> None:
     for fn in indexed_functions(function_app.app):
         for binding in fn.get_bindings_dict()["bindings"]:
             if binding["type"] == "serviceBusTrigger":
-                triggers[fn.get_function_name()] = binding
+                triggers[str(fn.get_function_name())] = binding
     assert set(triggers) == {q["function"] for q in queues}
     settings = _app_settings(bicep("functionapp.bicep"))
     for queue in queues:
@@ -644,3 +696,39 @@ def test_function_triggers_match_the_queues_the_bicep_creates() -> None:
         assert binding["queueName"] == f"%{queue['appSetting']}%"
         assert bool(binding.get("isSessionsEnabled")) is queue["requiresSession"]
         assert f"{binding['connection']}__fullyQualifiedNamespace" in settings
+
+
+def _per_app_entries(file: BicepFile) -> dict[str, Any]:
+    """The settings generated per app (`NAME__${...}`, shared.apps), by NAME."""
+    out: dict[str, Any] = {}
+    for obj in file.objects():
+        name = obj.get("name")
+        if isinstance(name, Expr) and re.fullmatch(r"'[A-Z_]+__\$\{.*\}'", name.text):
+            out[name.text[1:].split("__")[0]] = obj
+    return out
+
+
+def test_several_apps_give_every_app_its_own_settings_and_every_secret_is_a_key_vault_reference() -> None:
+    worker, function = _per_app_entries(bicep("worker.bicep")), _per_app_entries(bicep("functionapp.bicep"))
+    assert set(worker) == {
+        "SLACK_APP_TOKEN",
+        "SLACK_CONNECTIONS",
+        "TEAMS_APP_ID",
+        "TEAMS_TENANT_ID",
+        "TEAMS_APP_PASSWORD",
+    }
+    assert set(function) == {"SLACK_BOT_TOKEN", "TEAMS_APP_ID", "TEAMS_TENANT_ID", "TEAMS_APP_PASSWORD"}
+    wk = bicep("worker.bicep")
+    secret_names = set()
+    for var in wk.variables.values():
+        for node in walk(var.value_node):
+            if node.type == "object" and "keyVaultUrl" in (obj := to_python(node)):
+                secret_names.add(_name(obj["name"]))
+    for name in ("SLACK_APP_TOKEN", "TEAMS_APP_PASSWORD"):
+        assert "value" not in worker[name] and _name(worker[name]["secretRef"]) in secret_names, name
+    for name in ("SLACK_BOT_TOKEN", "TEAMS_APP_PASSWORD"):
+        assert re.fullmatch(
+            r"'@Microsoft\.KeyVault\(SecretUri=\$\{keyVaultUri\}secrets/.*\)'", _expr(function[name]["value"])
+        )
+    # the suffix is the one the loaders read: upper case, '-' as '_'
+    assert worker["SLACK_APP_TOKEN"]["name"].text == "'SLACK_APP_TOKEN__${toUpper(replace(app.name, '-', '_'))}'"

@@ -442,16 +442,20 @@ def test_stats_of_the_route_table_queues_as_the_readme_shows(tmp_path: Path) -> 
 
     asyncio.run(fill())
     proc = queue_cmd("stats", "--path", str(path), cwd=tmp_path)
-    assert proc.stdout == (
-        "queue              sessions  active  scheduled  locked  dead-lettered  total\n"
-        "relaybus-replies   yes            0          0       0              0      0\n"
-        "slack-answers      no             0          0       0              0      0\n"
-        "slack-commands     no             0          0       0              1      1\n"
-        "slack-events       yes            2          0       1              0      3\n"
-        "slack-interactive  no             0          0       0              0      0\n"
-        "teams-activities   yes            1          0       0              0      1\n"
-        "teams-invokes      no             0          0       0              0      0\n"
+    expected = (
+        "queue                  sessions  active  scheduled  locked  dead-lettered  total\n"
+        "directline-activities  yes            0          0       0              0      0\n"
+        "relaybus-replies       yes            0          0       0              0      0\n"
+        "slack-answers          no             0          0       0              0      0\n"
+        "slack-commands         no             0          0       0              1      1\n"
+        "slack-events           yes            2          0       1              0      3\n"
+        "slack-interactive      no             0          0       0              0      0\n"
+        "teams-activities       yes            1          0       0              0      1\n"
+        "teams-invokes          no             0          0       0              0      0\n"
     )
+    assert proc.stdout == expected
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "$ python -m worker queue stats\n" + expected + "```" in readme, "README's queue stats example is stale"
 
 
 def test_python_m_localqueue_help_shows_the_commands_without_a_queue_word(tmp_path: Path) -> None:

@@ -273,6 +273,8 @@ class Handoff:
         platform, kind = envelope.platform, envelope.kind  # StrEnums: usable as metric labels as they are
         metrics = self._metrics
         metrics.received(platform, kind)
+        if envelope.app is not None:
+            metrics.app_received(platform, envelope.app)
         state = self._dedupe.state(keys, self._clock())
         if state is KeyState.DONE:
             metrics.duplicate(platform, kind)
@@ -400,6 +402,8 @@ class Handoff:
         self._dedupe.confirm(keys, self._clock())
         self._settle(keys, ok=True)
         self._metrics.published(platform, route.name, time.perf_counter() - started)
+        if envelope.app is not None:
+            self._metrics.app_published(platform, envelope.app)
         return None
 
     async def _await_pending(self, keys: tuple[str, ...]) -> bool:

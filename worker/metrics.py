@@ -104,7 +104,29 @@ class Metrics:
         self._latency = _Latency(
             "relaybus_publish_latency_seconds", "Time from publish start to durable", _LATENCY_BUCKETS
         )
-        r.register(_HotCollector([self._received, self._duplicates, self._published, self._acked, self._latency]))
+        self._app_received = _Counters(
+            "relaybus_app_envelopes_received",
+            "Envelopes received, by app (only for the named apps of RELAYBUS_SLACK_APPS / RELAYBUS_TEAMS_BOTS)",
+            ["platform", "app"],
+        )
+        self._app_published = _Counters(
+            "relaybus_app_envelopes_published",
+            "Envelopes made durable, by app (only for the named apps of RELAYBUS_SLACK_APPS / RELAYBUS_TEAMS_BOTS)",
+            ["platform", "app"],
+        )
+        r.register(
+            _HotCollector(
+                [
+                    self._received,
+                    self._duplicates,
+                    self._published,
+                    self._acked,
+                    self._latency,
+                    self._app_received,
+                    self._app_published,
+                ]
+            )
+        )
         self._failed = Counter(
             "relaybus_publish_failed",
             "Publishes that failed (envelope not acked)",
@@ -166,6 +188,12 @@ class Metrics:
     def published(self, platform: str, route: str, seconds: float) -> None:
         self._published.inc(platform, route)
         self._latency.observe(platform, seconds)
+
+    def app_received(self, platform: str, app: str) -> None:
+        self._app_received.inc(platform, app)
+
+    def app_published(self, platform: str, app: str) -> None:
+        self._app_published.inc(platform, app)
 
     def acked(self, platform: str, kind: str, n: int = 1) -> None:
         self._acked.add((platform, kind), n)

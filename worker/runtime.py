@@ -55,6 +55,7 @@ def build_backend(settings: WorkerSettings) -> QueueBackend:
         settings.local_queue_path,
         queue_settings={**settings.queue_names, REPLIES.setting: settings.reply_queue},
         close_timeout=settings.shutdown_timeout_seconds,
+        commit_interval=settings.local_queue_commit_interval_ms / 1000,
     )
 
 
@@ -76,22 +77,33 @@ def queues_in_use(settings: WorkerSettings) -> list[str]:
 
 
 def build_connectors(settings: WorkerSettings, handoff: Handoff, metrics: Metrics) -> list[Connector]:
+    """One connector per Slack app and per Teams bot (the single-app settings: one each), and Direct Line."""
     connectors: list[Connector] = []
-    if settings.slack is not None:
+    if settings.all_slack:
         from worker.slack.connector import SlackConnector
 
-        connectors.append(SlackConnector(settings.slack, handoff, metrics))
-    if settings.teams is not None:
+        connectors.extend(SlackConnector(app, handoff, metrics) for app in settings.all_slack)
+    if settings.all_teams:
         from worker.teams.connector import TeamsConnector
 
-        connectors.append(TeamsConnector(settings.teams, handoff, metrics))
+        connectors.extend(TeamsConnector(bot, handoff, metrics) for bot in settings.all_teams)
+    if settings.directline is not None:
+        from worker.directline.connector import DirectLineConnector
+
+        connectors.append(DirectLineConnector(settings.directline, handoff, metrics))
     return connectors
+
+
+def connector_name(connector: Connector) -> str:
+    """`slack`, or `slack/<app>` for one of several apps (the key of `RunResult.fatal`)."""
+    app = getattr(getattr(connector, "settings", None), "app", None)
+    return connector.platform if app is None else f"{connector.platform}/{app}"
 
 
 @dataclass
 class RunResult:
     fatal: dict[str, str] = field(default_factory=dict)
-    """Connectors that stopped on a final error, with the message."""
+    """Connectors that stopped on a final error (`slack`, `teams`, or `slack/<app>` …), with the message."""
 
     @property
     def ok(self) -> bool:
@@ -199,15 +211,14 @@ class Worker:
         return result
 
     async def _run_one(self, connector: Connector, stopping: asyncio.Event, result: RunResult) -> None:
+        name = connector_name(connector)
         try:
             await connector.run(stopping)
         except FatalConnectorError as exc:
-            result.fatal[connector.platform] = str(exc)
-            log.error("%s stopped: %s", connector.platform, exc)
+            result.fatal[name] = str(exc)
+            log.error("%s stopped: %s", name, exc)
         except asyncio.CancelledError:
-            log.warning(
-                "%s did not drain within %.0f s: cancelled", connector.platform, self.settings.shutdown_timeout_seconds
-            )
+            log.warning("%s did not drain within %.0f s: cancelled", name, self.settings.shutdown_timeout_seconds)
 
     def _stop_started(self, loop: asyncio.AbstractEventLoop) -> float:
         return self._stopped_at if self._stopped_at is not None else loop.time()

@@ -5,7 +5,14 @@ problem (`setting NAME: problem`, exit 2, no traceback). Nothing below the entry
 `os.environ`. The loader is `shared.config`, the same one the function app uses.
 
 Each connector owns its settings model (`worker.slack.settings`, `worker.teams.settings`); a
-connector is enabled when its credential setting is present (`SLACK_APP_TOKEN`, `TEAMS_APP_ID`).
+connector is enabled when its credential setting is present (`SLACK_APP_TOKEN`, `TEAMS_APP_ID`,
+`DIRECTLINE_SECRET`).
+
+Several apps in one worker (`shared.apps`): `RELAYBUS_SLACK_APPS=sales,hr` with `SLACK_APP_TOKEN__SALES`,
+`SLACK_CONNECTIONS__SALES`, … and `RELAYBUS_TEAMS_BOTS=support` with `TEAMS_APP_ID__SUPPORT`,
+`TEAMS_APP_PASSWORD__SUPPORT`, …: one connector per app (`slack_apps`, `teams_bots`). Credentials are per app
+only; other settings fall back to the unsuffixed value. The single-app form (`settings.slack`, `settings.teams`)
+is unchanged; the two forms do not mix for one platform.
 
 What is checked beyond types and ranges, so that the process says it at start instead of failing later:
 the local queue path (not a directory, its parent not a file, the location writable) and that
@@ -19,19 +26,22 @@ import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from shared.config import configuration_error, environment, load_section, section_data
+from shared.apps import SLACK_APPS, TEAMS_BOTS, app_names, app_section, setting_for, suffix, unknown_suffixed
+from shared.config import aliases, configuration_error, environment, load_section, section_data
 from shared.errors import ConfigurationError
 from shared.routes import REPLIES, ROUTES
+from worker.directline.settings import DirectLineSettings
 from worker.slack.settings import SlackSettings
 from worker.teams.settings import TeamsSettings
 
 __all__ = ["ServiceBusSettings", "WorkerSettings", "environment", "load_settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceBusSettings(BaseModel):
@@ -69,6 +79,10 @@ class WorkerSettings(BaseModel):
 
     queue_backend: Literal["local", "servicebus"] = Field(default="local", alias="RELAYBUS_QUEUE_BACKEND")
     local_queue_path: Path = Field(default=Path(".relaybus/queue.db"), alias="RELAYBUS_LOCAL_QUEUE_PATH")
+    local_queue_commit_interval_ms: float = Field(
+        default=5.0, ge=0, le=1000, alias="RELAYBUS_LOCAL_QUEUE_COMMIT_INTERVAL_MS"
+    )
+    """Local queue: a commit starts no sooner than this after the previous one (0: at once; see localqueue)."""
     http_host: str = Field(default="127.0.0.1", alias="RELAYBUS_HTTP_HOST")
     http_port: int = Field(default=8080, ge=0, le=65535, alias="RELAYBUS_HTTP_PORT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -91,6 +105,12 @@ class WorkerSettings(BaseModel):
     servicebus: ServiceBusSettings | None = None
     slack: SlackSettings | None = None
     teams: TeamsSettings | None = None
+    slack_apps: tuple[SlackSettings, ...] = ()
+    """Named Slack apps (`RELAYBUS_SLACK_APPS`); empty with the single-app settings."""
+    teams_bots: tuple[TeamsSettings, ...] = ()
+    """Named Teams bots (`RELAYBUS_TEAMS_BOTS`); empty with the single-bot settings."""
+    directline: DirectLineSettings | None = None
+    """The Direct Line connector (`DIRECTLINE_SECRET` enables it; `worker.directline.settings`)."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -127,12 +147,24 @@ class WorkerSettings(BaseModel):
         return value
 
     @property
+    def all_slack(self) -> tuple[SlackSettings, ...]:
+        """Every Slack app this worker holds: the single app, or the named ones."""
+        return (self.slack,) if self.slack is not None else self.slack_apps
+
+    @property
+    def all_teams(self) -> tuple[TeamsSettings, ...]:
+        """Every Teams bot this worker holds: the single bot, or the named ones."""
+        return (self.teams,) if self.teams is not None else self.teams_bots
+
+    @property
     def platforms(self) -> set[str]:
         out = set()
-        if self.slack:
+        if self.all_slack:
             out.add("slack")
-        if self.teams:
+        if self.all_teams:
             out.add("teams")
+        if self.directline is not None:
+            out.add("directline")
         return out
 
 
@@ -163,6 +195,84 @@ def check_queue_path(path: Path) -> None:
 _SERVICEBUS_KEYS = ("ServiceBusConnection", "ServiceBusConnection__fullyQualifiedNamespace")
 
 
+SLACK_SECRETS = ("SLACK_APP_TOKEN",)
+TEAMS_SECRETS = (
+    "TEAMS_APP_ID",
+    "TEAMS_APP_PASSWORD",
+    "TEAMS_CERTIFICATE_PATH",
+    "TEAMS_MANAGED_IDENTITY_CLIENT_ID",
+    "TEAMS_STATIC_TOKEN",
+)
+"""What each named app must have of its own (credentials, and the bot's identity)."""
+
+
+def _slack_apps(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[SlackSettings, ...]:
+    names_read = aliases(SlackSettings)
+    _refuse_mixed(env, SLACK_APPS, SLACK_SECRETS, names_read, names)
+    apps: list[SlackSettings] = []
+    tokens: dict[str, str] = {}
+    for name in names:
+        section = app_section(env, name, names_read, SLACK_SECRETS)
+        if "SLACK_APP_TOKEN" not in section:
+            raise ConfigurationError(
+                setting_for("SLACK_APP_TOKEN", name), f"is required: the app-level token of {name!r} ({SLACK_APPS})"
+            )
+        app = _per_app(SlackSettings, section, name)
+        token = app.app_token.get_secret_value()
+        if token in tokens:
+            raise ConfigurationError(
+                setting_for("SLACK_APP_TOKEN", name),
+                f"is the same token as {setting_for('SLACK_APP_TOKEN', tokens[token])}",
+            )
+        tokens[token] = name
+        apps.append(app)
+    return tuple(apps)
+
+
+def _teams_bots(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[TeamsSettings, ...]:
+    names_read = aliases(TeamsSettings)
+    _refuse_mixed(env, TEAMS_BOTS, TEAMS_SECRETS, names_read, names)
+    bots: list[TeamsSettings] = []
+    ids: dict[str, str] = {}
+    for name in names:
+        section = app_section(env, name, names_read, TEAMS_SECRETS)
+        if "TEAMS_APP_ID" not in section:
+            raise ConfigurationError(
+                setting_for("TEAMS_APP_ID", name), f"is required: the app id of bot {name!r} ({TEAMS_BOTS})"
+            )
+        bot = _per_app(TeamsSettings, section, name)
+        if bot.app_id in ids:
+            raise ConfigurationError(
+                setting_for("TEAMS_APP_ID", name), f"is the same bot as {setting_for('TEAMS_APP_ID', ids[bot.app_id])}"
+            )
+        ids[bot.app_id] = name
+        bots.append(bot)
+    return tuple(bots)
+
+
+def _refuse_mixed(
+    env: Mapping[str, str], list_setting: str, secrets: tuple[str, ...], names_read: set[str], apps: tuple[str, ...]
+) -> None:
+    for secret in secrets:
+        if env.get(secret):
+            raise ConfigurationError(
+                secret,
+                f"is set together with {list_setting}: give each listed app its own ({secret}{suffix(apps[0])}, …)",
+            )
+    typo = unknown_suffixed(env, names_read, apps)
+    if typo is not None:
+        raise ConfigurationError(typo, f"names no app of {list_setting} ({', '.join(apps)})")
+
+
+def _per_app(model: type[M], section: dict[str, str], app: str) -> M:
+    """Validate one app's section; an error names the app's own setting (`SLACK_CONNECTIONS__SALES`)."""
+    try:
+        return model.model_validate({**section, "app": app})
+    except ValidationError as exc:
+        error = configuration_error(exc, model)
+        raise ConfigurationError(setting_for(error.setting, app), error.problem) from None
+
+
 def load_settings(env: Mapping[str, str]) -> WorkerSettings:
     """Build and validate the settings; raise `ConfigurationError` naming the first bad setting."""
     queue_names = {r.setting: env[r.setting] for r in ROUTES if env.get(r.setting)}
@@ -171,12 +281,19 @@ def load_settings(env: Mapping[str, str]) -> WorkerSettings:
     sections: dict[str, Any] = {"queue_names": queue_names}
     if any(env.get(k) for k in _SERVICEBUS_KEYS) or env.get("RELAYBUS_QUEUE_BACKEND") == "servicebus":
         sections["servicebus"] = load_section(ServiceBusSettings, env)
-    if env.get("SLACK_APP_TOKEN"):
+    slack_apps, teams_bots = app_names(env, SLACK_APPS), app_names(env, TEAMS_BOTS)
+    if slack_apps:
+        sections["slack_apps"] = _slack_apps(env, slack_apps)
+    elif env.get("SLACK_APP_TOKEN"):
         sections["slack"] = load_section(SlackSettings, env)
-    if env.get("TEAMS_APP_ID"):
+    if teams_bots:
+        sections["teams_bots"] = _teams_bots(env, teams_bots)
+    elif env.get("TEAMS_APP_ID"):
         sections["teams"] = load_section(TeamsSettings, env)
     elif env.get("TEAMS_APP_PASSWORD") or env.get("TEAMS_STATIC_TOKEN"):
         raise ConfigurationError("TEAMS_APP_ID", "is required when Teams credentials are set (the bot's app id)")
+    if env.get("DIRECTLINE_SECRET"):
+        sections["directline"] = load_section(DirectLineSettings, env)
     try:
         settings = WorkerSettings.model_validate({**section_data(WorkerSettings, env), **sections})
     except ValidationError as exc:

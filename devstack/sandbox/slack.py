@@ -78,7 +78,9 @@ APP_TOKEN = "xapp-1-sandbox_A0SANDBOX_public"  # noqa: S105 (the sandbox's publi
 BOT_TOKEN = "xoxb-sandbox_public"  # noqa: S105
 MAX_FRAME = 20 * 1024
 RESPONSE_URL_POSTS = 5
-WEB_METHODS = frozenset({"chat.postMessage", "chat.update", "views.open", "views.update", "auth.test"})
+WEB_METHODS = frozenset(
+    {"chat.postMessage", "chat.update", "views.open", "views.update", "auth.test", "assistant.threads.setStatus"}
+)
 
 
 @dataclass
@@ -939,6 +941,10 @@ class SlackSandbox:
     def _web_answer(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
             return {"ok": True, "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": "B0SANDBOX"}
+        if method == "assistant.threads.setStatus":  # the typing status of a thread (the Direct Line bridge)
+            if not body.get("channel_id") or not body.get("thread_ts"):
+                return {"ok": False, "error": "invalid_arguments"}
+            return {"ok": True}
         if method == "chat.postMessage":
             channel = _str(body.get("channel"))
             if not channel:

@@ -223,7 +223,11 @@ async def remember(
 ) -> ConversationReference | None:
     """Store the envelope's conversation reference (by conversation, by user, and as the user's 1:1
     conversation when it is one); returns it, or None when the envelope has no conversation.
-    `ReferenceNotAllowed` (nothing stored) when its serviceUrl is off the allowlist."""
+    `ReferenceNotAllowed` (nothing stored) when its serviceUrl is off the allowlist. A Direct Line activity
+    (an agent's answer the worker published) is answered through the Direct Line bridge's own key mapping
+    (`functions.directline`), never through a Bot Connector: nothing is stored for it."""
+    if envelope.platform is Platform.DIRECTLINE:
+        return None
     ref = reference_for(envelope)
     if ref is None:
         return None

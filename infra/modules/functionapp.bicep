@@ -73,13 +73,51 @@ param teamsTenantId string
 @description('Versionless Key Vault URI of the bot client secret.')
 param teamsAppPasswordSecretUri string
 
+@description('Several Slack apps (RELAYBUS_SLACK_APPS), each {name, ...}; empty: the single app above.')
+param slackApps array
+
+@description('Several Teams bots (RELAYBUS_TEAMS_BOTS), each {name, appId, tenantId}; empty: the single bot above.')
+param teamsBots array
+
+@description('Key Vault URI (https://<vault>.vault.azure.net/) holding slack-bot-token-<app> and teams-app-password-<bot>.')
+param keyVaultUri string
+
 @description('Tags for every resource.')
 param tags object
+
+@description('Bridge a Direct Line bot (handlers/bridge.py, ctx.directline: DIRECTLINE_SECRET).')
+param enableDirectLine bool
+
+@description('Key Vault secret URI of the Direct Line channel secret (empty without enableDirectLine).')
+param directLineSecretUri string
+
+@description('Direct Line endpoint (DIRECTLINE_BASE_URL).')
+param directLineBaseUrl string
+
+@description('The Direct Line conversation directory table (DIRECTLINE_TABLE), shared with the worker.')
+@minLength(3)
+@maxLength(63)
+param directLineTableName string
+
+@description('The worker identity\'s principal: it holds the directory\'s leases and watermarks.')
+param workerPrincipalId string
 
 @description('Name of the state table (functions.state, RELAYBUS_STATE_TABLE).')
 @minLength(3)
 @maxLength(63)
 param stateTableName string
+
+@description('Set the live update settings (functions.live: SignalR Service serverless, the live page).')
+param enableLive bool
+
+@description('https://<name>.service.signalr.net (AzureSignalRConnectionString__serviceUri); empty without enableLive.')
+param signalrServiceUri string
+
+@description('Audience of the live page users\' tokens (RELAYBUS_LIVE_AUDIENCE).')
+param liveAudience string
+
+@description('Tenant allowlist of the live page (RELAYBUS_LIVE_TENANTS); empty: none.')
+param liveTenants string
 
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
@@ -136,6 +174,33 @@ resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-0
 resource stateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
   parent: tableService
   name: stateTableName
+}
+
+// The Direct Line conversation directory (worker/directline/table.py): the function app registers the
+// conversations it starts, the worker replicas hold their leases and watermarks; both may use its entities only.
+resource directLineTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = if (enableDirectLine) {
+  parent: tableService
+  name: directLineTableName
+}
+
+resource directLineTableFunction 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableDirectLine) {
+  name: guid(directLineTable.id, identityPrincipalId, storageTableDataContributorRoleId)
+  scope: directLineTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource directLineTableWorker 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableDirectLine) {
+  name: guid(directLineTable.id, workerPrincipalId, storageTableDataContributorRoleId)
+  scope: directLineTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: workerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
 }
 
 resource stateTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -214,17 +279,51 @@ var replySettings = [
 var slackSettings = enableSlack
   ? [
       {
-        name: 'SLACK_BOT_TOKEN'
-        value: '@Microsoft.KeyVault(SecretUri=${slackBotTokenSecretUri})'
-      }
-      {
         name: 'SLACK_API_URL'
         value: slackApiUrl
       }
     ]
   : []
 
-var teamsSettings = enableTeams
+var slackBotTokenSettings = enableSlack && empty(slackApps)
+  ? [
+      {
+        name: 'SLACK_BOT_TOKEN'
+        value: '@Microsoft.KeyVault(SecretUri=${slackBotTokenSecretUri})'
+      }
+    ]
+  : []
+
+var directLineSettings = enableDirectLine
+  ? [
+      {
+        name: 'DIRECTLINE_SECRET'
+        value: '@Microsoft.KeyVault(SecretUri=${directLineSecretUri})'
+      }
+      {
+        name: 'DIRECTLINE_BASE_URL'
+        value: directLineBaseUrl
+      }
+      {
+        name: 'DIRECTLINE_STORE'
+        value: 'table'
+      }
+      {
+        name: 'DIRECTLINE_TABLE_ENDPOINT'
+        value: storage.properties.primaryEndpoints.table
+      }
+      {
+        name: 'DIRECTLINE_TABLE'
+        value: directLineTableName
+      }
+      {
+        name: 'DIRECTLINE_TABLE_CLIENT_ID'
+        value: identityClientId
+      }
+    ]
+  : []
+
+var teamsSettings = enableTeams && empty(teamsBots)
   ? [
       {
         name: 'TEAMS_APP_ID'
@@ -241,6 +340,65 @@ var teamsSettings = enableTeams
     ]
   : []
 
+// Several apps (shared/apps.py): the list settings and one Key Vault reference per app.
+var slackAppNames = [for app in slackApps: app.name]
+var teamsBotNames = [for bot in teamsBots: bot.name]
+
+var appListSettings = concat(
+  empty(slackApps)
+    ? []
+    : [
+        {
+          name: 'RELAYBUS_SLACK_APPS'
+          value: join(slackAppNames, ',')
+        }
+      ],
+  empty(teamsBots)
+    ? []
+    : [
+        {
+          name: 'RELAYBUS_TEAMS_BOTS'
+          value: join(teamsBotNames, ',')
+        }
+      ]
+)
+
+var slackAppBotTokenSettings = [
+  for app in slackApps: {
+    name: 'SLACK_BOT_TOKEN__${toUpper(replace(app.name, '-', '_'))}'
+    value: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/slack-bot-token-${replace(app.name, '_', '-')})'
+  }
+]
+
+var teamsBotIdSettings = [
+  for bot in teamsBots: {
+    name: 'TEAMS_APP_ID__${toUpper(replace(bot.name, '-', '_'))}'
+    value: bot.appId
+  }
+]
+
+var teamsBotTenantSettings = [
+  for bot in teamsBots: {
+    name: 'TEAMS_TENANT_ID__${toUpper(replace(bot.name, '-', '_'))}'
+    value: bot.tenantId
+  }
+]
+
+var teamsBotPasswordSettings = [
+  for bot in teamsBots: {
+    name: 'TEAMS_APP_PASSWORD__${toUpper(replace(bot.name, '-', '_'))}'
+    value: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/teams-app-password-${replace(bot.name, '_', '-')})'
+  }
+]
+
+var appSettings = concat(
+  appListSettings,
+  slackAppBotTokenSettings,
+  teamsBotIdSettings,
+  teamsBotTenantSettings,
+  teamsBotPasswordSettings
+)
+
 var stateSettings = [
   {
     name: 'RELAYBUS_STATE_TABLE_ENDPOINT'
@@ -255,6 +413,43 @@ var stateSettings = [
     value: identityClientId
   }
 ]
+
+// The SignalR extension's identity-based connection (AzureSignalRConnectionString__*), which functions.live reads
+// too for its pushes: never a connection string (the service has access keys disabled).
+var liveSettings = enableLive
+  ? concat(
+      [
+        {
+          name: 'AzureSignalRConnectionString__serviceUri'
+          value: signalrServiceUri
+        }
+        {
+          name: 'AzureSignalRConnectionString__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'AzureSignalRConnectionString__clientId'
+          value: identityClientId
+        }
+        {
+          name: 'RELAYBUS_LIVE_HUB'
+          value: 'relaybus'
+        }
+        {
+          name: 'RELAYBUS_LIVE_AUDIENCE'
+          value: liveAudience
+        }
+      ],
+      empty(liveTenants)
+        ? []
+        : [
+            {
+              name: 'RELAYBUS_LIVE_TENANTS'
+              value: liveTenants
+            }
+          ]
+    )
+  : []
 
 var alwaysReady = [
   for item in items(alwaysReadyInstances): {
@@ -281,7 +476,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
-      appSettings: concat(baseSettings, queueSettings, replySettings, slackSettings, teamsSettings, stateSettings)
+      appSettings: concat(liveSettings, baseSettings, queueSettings, replySettings, slackSettings, slackBotTokenSettings, teamsSettings, appSettings, directLineSettings, stateSettings)
     }
     functionAppConfig: {
       deployment: {
@@ -314,3 +509,4 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 
 output name string = functionApp.name
 output defaultHostName string = functionApp.properties.defaultHostName
+output tableEndpoint string = storage.properties.primaryEndpoints.table

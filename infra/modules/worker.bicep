@@ -79,6 +79,30 @@ param teamsRing string
 @description('Teams geos, comma separated.')
 param teamsGeos string
 
+@description('Several Slack apps (RELAYBUS_SLACK_APPS), each {name, connections?}; empty: the single app above.')
+param slackApps array
+
+@description('Several Teams bots (RELAYBUS_TEAMS_BOTS), each {name, appId, tenantId}; empty: the single bot above.')
+param teamsBots array
+
+@description('Key Vault URI (https://<vault>.vault.azure.net/) holding slack-app-token-<app> and teams-app-password-<bot>.')
+param keyVaultUri string
+
+@description('Hold a Direct Line bot\'s conversations (DIRECTLINE_SECRET).')
+param enableDirectLine bool
+
+@description('Key Vault secret URI of the Direct Line channel secret (empty without enableDirectLine).')
+param directLineSecretUri string
+
+@description('Direct Line endpoint (DIRECTLINE_BASE_URL).')
+param directLineBaseUrl string
+
+@description('Table endpoint of the account holding the Direct Line directory (DIRECTLINE_TABLE_ENDPOINT).')
+param directLineTableEndpoint string
+
+@description('The Direct Line conversation directory table (DIRECTLINE_TABLE).')
+param directLineTableName string
+
 @description('Tags for every resource.')
 param tags object
 
@@ -109,7 +133,7 @@ resource environmentLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-previ
   }
 }
 
-var slackSecrets = enableSlack
+var slackSecrets = enableSlack && empty(slackApps)
   ? [
       {
         name: 'slack-app-token'
@@ -119,7 +143,48 @@ var slackSecrets = enableSlack
     ]
   : []
 
-var teamsSecrets = enableTeams
+var directLineSecrets = enableDirectLine
+  ? [
+      {
+        name: 'directline-secret'
+        keyVaultUrl: directLineSecretUri
+        identity: identityId
+      }
+    ]
+  : []
+
+// the conversation directory (watermarks, leases) is a table the function app's account holds, reached with
+// the identity; its leases let every replica hold some of the conversations (docs/directline.md)
+var directLineEnv = enableDirectLine
+  ? [
+      {
+        name: 'DIRECTLINE_SECRET'
+        secretRef: 'directline-secret'
+      }
+      {
+        name: 'DIRECTLINE_BASE_URL'
+        value: directLineBaseUrl
+      }
+      {
+        name: 'DIRECTLINE_STORE'
+        value: 'table'
+      }
+      {
+        name: 'DIRECTLINE_TABLE_ENDPOINT'
+        value: directLineTableEndpoint
+      }
+      {
+        name: 'DIRECTLINE_TABLE'
+        value: directLineTableName
+      }
+      {
+        name: 'DIRECTLINE_TABLE_CLIENT_ID'
+        value: identityClientId
+      }
+    ]
+  : []
+
+var teamsSecrets = enableTeams && empty(teamsBots)
   ? [
       {
         name: 'teams-app-password'
@@ -128,6 +193,89 @@ var teamsSecrets = enableTeams
       }
     ]
   : []
+
+// Several apps: one Key Vault reference per app, named like the app's settings suffix (shared/apps.py).
+var slackAppSecrets = [
+  for app in slackApps: {
+    name: 'slack-app-token-${replace(app.name, '_', '-')}'
+    keyVaultUrl: '${keyVaultUri}secrets/slack-app-token-${replace(app.name, '_', '-')}'
+    identity: identityId
+  }
+]
+
+var teamsBotSecrets = [
+  for bot in teamsBots: {
+    name: 'teams-app-password-${replace(bot.name, '_', '-')}'
+    keyVaultUrl: '${keyVaultUri}secrets/teams-app-password-${replace(bot.name, '_', '-')}'
+    identity: identityId
+  }
+]
+
+var slackAppNames = [for app in slackApps: app.name]
+var teamsBotNames = [for bot in teamsBots: bot.name]
+
+var slackAppsListEnv = empty(slackApps)
+  ? []
+  : [
+      {
+        name: 'RELAYBUS_SLACK_APPS'
+        value: join(slackAppNames, ',')
+      }
+    ]
+
+var slackAppTokenEnv = [
+  for app in slackApps: {
+    name: 'SLACK_APP_TOKEN__${toUpper(replace(app.name, '-', '_'))}'
+    secretRef: 'slack-app-token-${replace(app.name, '_', '-')}'
+  }
+]
+
+var slackAppConnectionsEnv = [
+  for app in slackApps: {
+    name: 'SLACK_CONNECTIONS__${toUpper(replace(app.name, '-', '_'))}'
+    value: string(contains(app, 'connections') ? app.connections : slackConnections)
+  }
+]
+
+var teamsBotsListEnv = empty(teamsBots)
+  ? []
+  : [
+      {
+        name: 'RELAYBUS_TEAMS_BOTS'
+        value: join(teamsBotNames, ',')
+      }
+    ]
+
+var teamsBotIdEnv = [
+  for bot in teamsBots: {
+    name: 'TEAMS_APP_ID__${toUpper(replace(bot.name, '-', '_'))}'
+    value: bot.appId
+  }
+]
+
+var teamsBotTenantEnv = [
+  for bot in teamsBots: {
+    name: 'TEAMS_TENANT_ID__${toUpper(replace(bot.name, '-', '_'))}'
+    value: bot.tenantId
+  }
+]
+
+var teamsBotPasswordEnv = [
+  for bot in teamsBots: {
+    name: 'TEAMS_APP_PASSWORD__${toUpper(replace(bot.name, '-', '_'))}'
+    secretRef: 'teams-app-password-${replace(bot.name, '_', '-')}'
+  }
+]
+
+var appsEnv = concat(
+  slackAppsListEnv,
+  slackAppTokenEnv,
+  slackAppConnectionsEnv,
+  teamsBotsListEnv,
+  teamsBotIdEnv,
+  teamsBotTenantEnv,
+  teamsBotPasswordEnv
+)
 
 var baseEnv = [
   {
@@ -178,12 +326,18 @@ var replyEnv = [
   }
 ]
 
-var slackEnv = enableSlack
+var slackEnv = enableSlack && empty(slackApps)
   ? [
       {
         name: 'SLACK_APP_TOKEN'
         secretRef: 'slack-app-token'
       }
+    ]
+  : []
+
+// the default of every app (SLACK_CONNECTIONS__<APP> overrides it)
+var slackCommonEnv = enableSlack
+  ? [
       {
         name: 'SLACK_CONNECTIONS'
         value: string(slackConnections)
@@ -191,7 +345,7 @@ var slackEnv = enableSlack
     ]
   : []
 
-var teamsEnv = enableTeams
+var teamsEnv = enableTeams && empty(teamsBots)
   ? [
       {
         name: 'TEAMS_APP_ID'
@@ -205,6 +359,12 @@ var teamsEnv = enableTeams
         name: 'TEAMS_APP_PASSWORD'
         secretRef: 'teams-app-password'
       }
+    ]
+  : []
+
+// every bot's ring and geos (TEAMS_RING__<BOT>, TEAMS_GEOS__<BOT> would override them)
+var teamsCommonEnv = enableTeams
+  ? [
       {
         name: 'TEAMS_RING'
         value: teamsRing
@@ -236,7 +396,7 @@ resource workerApp 'Microsoft.App/containerApps@2024-03-01' = {
           identity: identityId
         }
       ]
-      secrets: concat(slackSecrets, teamsSecrets)
+      secrets: concat(slackSecrets, teamsSecrets, slackAppSecrets, teamsBotSecrets, directLineSecrets)
     }
     template: {
       containers: [
@@ -247,7 +407,17 @@ resource workerApp 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json(cpu)
             memory: memory
           }
-          env: concat(baseEnv, queueEnv, replyEnv, slackEnv, teamsEnv)
+          env: concat(
+            baseEnv,
+            queueEnv,
+            replyEnv,
+            slackEnv,
+            slackCommonEnv,
+            teamsEnv,
+            teamsCommonEnv,
+            appsEnv,
+            directLineEnv
+          )
           probes: [
             {
               type: 'Liveness'

@@ -34,6 +34,12 @@ class FakeSender:
         self.closed = False
         self._in_flight = 0
 
+    @property
+    def keeps_messages(self) -> bool:
+        """The backend puts `ServiceBusMessage`s in the batches' message list only for a sender that reads them
+        back: this one, when it records batches or delivers to receivers (the SDK's own sender never does)."""
+        return self.namespace.record or self.queue in self.namespace.delivering
+
     async def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch:
         ns = self.namespace
         if ns.create_failures:

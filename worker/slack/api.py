@@ -15,6 +15,7 @@ from typing import Final
 import httpx
 
 from shared.errors import RelaybusError
+from worker import tls
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ConnectionOpener:
     def __init__(self, api_url: str, app_token: str, *, timeout: float = 15.0, client: httpx.AsyncClient | None = None):
         self._url = api_url.rstrip("/") + "/apps.connections.open"
         self._token = app_token
-        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._client = client or httpx.AsyncClient(timeout=timeout, verify=tls.client_context())
         self._owns_client = client is None
 
     async def open(self) -> str:

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from shared.redact import describe_exception, redact_url
+from worker import tls
 from worker.handoff import Handoff, Verdict
 from worker.metrics import Metrics
 from worker.slack.protocol import (
@@ -119,6 +120,7 @@ class SlackConnection:
                 max_size=s.max_frame_bytes * MAX_SIZE_FACTOR,
                 max_queue=64,
                 compression=None,
+                ssl=tls.for_url(self.url),  # one shared TLS context (worker/tls.py)
             )
         except Exception as exc:  # refused URL (bad scheme, port out of range), DNS, TLS, handshake, timeout
             self.end_reason = f"websocket connect failed: {describe_exception(exc)}"
@@ -158,11 +160,12 @@ class SlackConnection:
         max_frame = self._settings.max_frame_bytes
         max_in_flight = self._settings.max_in_flight
         handoff = self._handoff
+        app = self._settings.app
         try:
             while True:
                 data = await ws.recv(decode=False)  # bytes: invalid UTF-8 is the parser's to count
                 self._last_inbound = loop.time()
-                frame = parse_frame(data, connection_id=self.id, max_frame_bytes=max_frame)
+                frame = parse_frame(data, connection_id=self.id, max_frame_bytes=max_frame, app=app)
                 if isinstance(frame, EnvelopeFrame):
                     if self._in_flight >= max_in_flight:  # backpressure: stop reading until one finishes
                         self._room.clear()

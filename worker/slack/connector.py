@@ -45,9 +45,14 @@ class SlackConnector:
             s.api_url, s.app_token.get_secret_value(), timeout=s.open_timeout, client=self._http_client
         )
         self.pool = SlackPool(s, self._handoff, self._metrics, opener)
-        log.info("slack connector starting: %d connections to %s", s.connections, s.api_url)
+        log.info(
+            "slack connector starting%s: %d connections to %s",
+            f" app={s.app}" if s.app else "",
+            s.connections,
+            s.api_url,
+        )
         try:
             await self.pool.run(stopping)
         finally:
             await opener.aclose()
-            log.info("slack connector stopped")
+            log.info("slack connector stopped%s", f" app={s.app}" if s.app else "")

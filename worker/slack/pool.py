@@ -1,6 +1,6 @@
 """The pool of Slack Socket Mode connections: N slots, each keeping one socket online.
 
-Per slot (reported on the status board as `slack/<slot>`):
+Per slot (reported on the status board as `slack/<slot>`, or `slack/<app>/<slot>` for one of several apps):
 
 - open: `apps.connections.open`, connect, wait for `hello` (only then is the socket usable);
 - failures back off with full jitter; `ratelimited`/429 waits at least `Retry-After`;
@@ -53,7 +53,9 @@ class SlackPool:
         try:
             async with asyncio.TaskGroup() as tg:
                 for slot in range(self._settings.connections):
-                    tg.create_task(self._slot(str(slot), stopping), name=f"slack-slot-{slot}")
+                    tg.create_task(
+                        self._slot(str(slot), stopping), name=f"slack-slot-{self._settings.label(str(slot))}"
+                    )
         except* FatalConnectorError as group:
             raise _first_fatal(group) from None
 
@@ -70,7 +72,7 @@ class SlackPool:
                         break
                     usable = conn.ready.is_set() and not conn.disconnect_requested.is_set()
                     if live is not None and live is not conn and usable:
-                        log.info("slack slot %s: %s online, retiring %s", slot, conn.id, live.id)
+                        log.info("slack slot %s: %s online, retiring %s", self._settings.label(slot), conn.id, live.id)
                         live.drain()
                     live = conn
                     self.connections[slot] = conn
@@ -102,18 +104,23 @@ class SlackPool:
                             log.warning(
                                 "slack slot %s: too_many_websockets (Slack allows 10 per app, other workers hold "
                                 "some): shrinking the pool to %d connections",
-                                slot,
+                                self._settings.label(slot),
                                 self.size,
                             )
                             self.connections.pop(slot, None)
-                            self._metrics.status.remove(PLATFORM, slot)
+                            self._metrics.status.remove(PLATFORM, self._settings.label(slot))
                             return
                         self._status(slot, ConnectionStatus.FAILED_TO_CONNECT, "too_many_websockets")
                         await _sleep_unless(max(next(backoff), self._settings.backoff_cap), stopping)
                         continue
                     # the socket ended (closed by the server, dropped, half-open) or an unknown disconnect
                     if not conn.ended.is_set():
-                        log.info("slack slot %s: disconnect reason=%s: replacing %s", slot, reason, conn.id)
+                        log.info(
+                            "slack slot %s: disconnect reason=%s: replacing %s",
+                            self._settings.label(slot),
+                            reason,
+                            conn.id,
+                        )
                         continue
                     live = None
                     self.connections.pop(slot, None)
@@ -144,23 +151,27 @@ class SlackPool:
                 ) from exc
             except SlackOpenRateLimited as exc:
                 delay = max(min(exc.retry_after, s.max_retry_after), next(backoff))
-                log.warning("slack slot %s: apps.connections.open rate limited, retrying in %.1f s", slot, delay)
+                log.warning(
+                    "slack slot %s: apps.connections.open rate limited, retrying in %.1f s",
+                    self._settings.label(slot),
+                    delay,
+                )
                 self._status_if_not_live(slot, ConnectionStatus.FAILED_TO_CONNECT, "ratelimited")
             except SlackOpenError as exc:
                 delay = next(backoff)
-                log.warning("slack slot %s: %s; retrying in %.1f s", slot, exc, delay)
+                log.warning("slack slot %s: %s; retrying in %.1f s", self._settings.label(slot), exc, delay)
                 self._status_if_not_live(slot, ConnectionStatus.FAILED_TO_CONNECT, exc.error)
             else:
                 self.opened += 1
                 conn = SlackConnection(
-                    f"{slot}.{next(self._ids)}",
+                    self._settings.label(f"{slot}.{next(self._ids)}"),
                     url,
                     settings=s,
                     handoff=self._handoff,
                     metrics=self._metrics,
                     expected_connections=self.size,
                 )
-                log.info("slack slot %s: connecting %s to %s", slot, conn.id, redact_url(url))
+                log.info("slack slot %s: connecting %s to %s", self._settings.label(slot), conn.id, redact_url(url))
                 task = tg.create_task(conn.run(), name=f"slack-conn-{conn.id}")
                 try:
                     async with asyncio.timeout(s.hello_timeout + s.open_timeout):
@@ -176,7 +187,7 @@ class SlackPool:
                 delay = next(backoff)
                 log.warning(
                     "slack slot %s: %s failed before hello (%s); retrying in %.1f s",
-                    slot,
+                    self._settings.label(slot),
                     conn.id,
                     conn.end_reason or "no hello",
                     delay,
@@ -191,7 +202,7 @@ class SlackPool:
         return full_jitter(self._settings.backoff_base, self._settings.backoff_cap)
 
     def _status(self, slot: str, status: ConnectionStatus, detail: str = "") -> None:
-        self._metrics.status.set(PLATFORM, slot, status, detail)
+        self._metrics.status.set(PLATFORM, self._settings.label(slot), status, detail)
 
     def _status_if_not_live(self, slot: str, status: ConnectionStatus, detail: str) -> None:
         live = self.connections.get(slot)

@@ -6,7 +6,8 @@
 - `Disconnect`: Slack asks us to go (`warning`, `refresh_requested`, `too_many_websockets`,
   `link_disabled`, ...),
 - `EnvelopeFrame`: an `events_api`, `interactive` or `slash_commands` envelope, already turned into the
-  queue contract's `Envelope` with its dedupe keys (stable id first, then the envelope_id);
+  queue contract's `Envelope` with its dedupe keys (stable id first, then the envelope_id) and the receiving
+  app's name (`app`, when the worker serves several);
   `Envelope.accepts_response` is the frame's `accepts_response_payload` (view submissions, external select
   options, slash commands), which routes it to a `responds` route,
 - `Invalid`: anything else, with a short machine-friendly `reason` (counted by the connector).
@@ -98,6 +99,7 @@ def parse_frame(
     connection_id: str | None = None,
     received_at: datetime | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    app: str | None = None,
 ) -> Frame:
     """Classify one inbound frame (its UTF-8 bytes, or text). Never raises: bad input becomes `Invalid`.
 
@@ -107,7 +109,7 @@ def parse_frame(
     if size > max_frame_bytes:
         return Invalid("oversized", f"frame of {size} bytes exceeds {max_frame_bytes}")
     try:
-        return _parse(data, connection_id, received_at)
+        return _parse(data, connection_id, received_at, app)
     except RecursionError:
         return Invalid("too_deep", "frame nests too deeply to parse")
     except Exception as exc:
@@ -124,7 +126,7 @@ def frame_bytes(data: str | bytes, limit: int) -> int:
     return len(data.encode("utf-8", "surrogatepass"))
 
 
-def _parse(data: str | bytes, connection_id: str | None, received_at: datetime | None) -> Frame:
+def _parse(data: str | bytes, connection_id: str | None, received_at: datetime | None, app: str | None) -> Frame:
     try:
         obj = json.loads(data)
     except UnicodeDecodeError as exc:
@@ -155,7 +157,7 @@ def _parse(data: str | bytes, connection_id: str | None, received_at: datetime |
     if not isinstance(payload, dict):
         return Invalid("bad_payload", f"{frame_type} envelope payload is not an object", envelope_id)
     try:
-        return _envelope(kind, envelope_id, payload, obj, connection_id, received_at or utcnow())
+        return _envelope(kind, envelope_id, payload, obj, connection_id, received_at or utcnow(), app)
     except ValidationError as exc:
         return Invalid("bad_envelope", f"does not fit the envelope contract: {exc.error_count()} errors", envelope_id)
     except (ValueError, OverflowError, RecursionError) as exc:
@@ -204,9 +206,12 @@ def _envelope(
     obj: dict[str, Any],
     connection_id: str | None,
     received_at: datetime,
+    app: str | None = None,
 ) -> EnvelopeFrame:
     keys = dedupe_keys(kind, envelope_id, payload)
     event_id: str | None = keys[0] if len(keys) == 2 else None
+    if app is not None:  # two apps may see the same event: their stable ids (MessageIds) must not collide
+        keys = (f"{app}:{keys[0]}", *keys[1:])
     if kind is Kind.EVENTS_API:
         event = payload.get("event")
         event = event if isinstance(event, dict) else {}
@@ -238,6 +243,7 @@ def _envelope(
         connection_id=connection_id,
         retry=retry,
         accepts_response=accepts,
+        app=app,
         payload=payload,
     )
     return EnvelopeFrame(envelope, keys, envelope_id, accepts)

@@ -13,6 +13,9 @@ from shared.urls import check_https_url
 class SlackSettings(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
+    app: str | None = None
+    """The app's name when the deployment serves several (`RELAYBUS_SLACK_APPS`, `shared.apps`); None: the one app
+    of the unsuffixed settings. Prefixes its connections (`slack/<app>/<slot>`) and becomes `Envelope.app`."""
     app_token: SecretStr = Field(alias="SLACK_APP_TOKEN")
     api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
     connections: int = Field(default=2, ge=1, le=10, alias="SLACK_CONNECTIONS")
@@ -38,6 +41,10 @@ class SlackSettings(BaseModel):
     answer_margin_ms: int = Field(default=300, ge=0, le=2900, alias="SLACK_ANSWER_MARGIN_MS")
     """Synchronous answers: the worker waits for a function's answer until 3 s after the envelope arrived minus
     this, then sends the plain ack (so the ack reaches Slack within its 3 s)."""
+
+    def label(self, slot: str) -> str:
+        """A connection slot's name on the status board, in /readyz and the logs: `0`, or `sales/0`."""
+        return slot if self.app is None else f"{self.app}/{slot}"
 
     @field_validator("app_token")
     @classmethod

@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from shared.redact import redact, redact_url
+from worker import tls
 from worker.teams import signalr
 from worker.teams.protocol import is_delivery_target, is_ready_target, normalise_keys
 from worker.wsio import FrameWriter
@@ -152,6 +153,7 @@ class HubConnection:
             max_size=16 * 1024 * 1024,
             compression=None,
             logger=_WS_LOGGER,
+            ssl=tls.for_url(self._url),  # one shared TLS context (worker/tls.py)
         )
         self._writer = FrameWriter(self._ws, f"teams connection {self.name}")
         try:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from shared.teams_auth import TokenProvider, token_provider
+from worker import tls
 from worker.handoff import AckPolicy, Handoff, Verdict
 from worker.metrics import Metrics
 from worker.teams import signalr
@@ -80,7 +81,7 @@ class TeamsConnector:
         return self.pool.rotations if self.pool is not None else 0
 
     async def run(self, stopping: asyncio.Event) -> None:
-        http = self._http or httpx.AsyncClient()
+        http = self._http or httpx.AsyncClient(verify=tls.client_context())
         self.pool = TeamsPool(
             self.settings,
             self.metrics,
@@ -93,7 +94,8 @@ class TeamsConnector:
             backoff=self._backoff,
         )
         log.info(
-            "teams connector starting: %s contract, slots %s at %s",
+            "teams connector starting%s: %s contract, slots %s at %s",
+            f" bot={self.settings.app}" if self.settings.app else "",
             self.settings.contract,
             ",".join(self.settings.slot_names),
             self.settings.base_url,
@@ -113,7 +115,7 @@ class TeamsConnector:
     async def _deliver(self, conn: HubConnection, invocation: signalr.Invocation, recv_at: int) -> None:
         geo = conn.context.get("geo", "")
         inv_id = invocation.invocation_id
-        decided = classify(invocation.arguments, conn.connection_id)
+        decided = classify(invocation.arguments, conn.connection_id, app=self.settings.app)
         if isinstance(decided, Refused):
             await self._refuse(conn, inv_id, decided, recv_at, geo)
             return
@@ -138,7 +140,7 @@ class TeamsConnector:
 
         outcome = await self.handoff.deliver(envelope, complete, also=decided.also, policy=self._policy)
         log.info(
-            "envelope %s status=%s cv=%s envelopeId=%s geo=%s connection=%s type=%s",
+            "envelope %s status=%s cv=%s envelopeId=%s geo=%s connection=%s type=%s%s",
             outcome.value,
             sent_status[0] if sent_status and inv_id is not None else "-",
             delivery.cv,
@@ -146,6 +148,7 @@ class TeamsConnector:
             geo,
             conn.connection_id,
             envelope.event_type,
+            f" bot={envelope.app}" if envelope.app else "",
         )
 
     async def _refuse(self, conn: HubConnection, inv_id: str | None, refused: Refused, recv_at: int, geo: str) -> None:

@@ -1,8 +1,8 @@
 """The Teams connections: one supervised slot per geo (shipped) or per draft slot, as `slack/pool.py` does.
 
-Per slot (reported on the status board as `teams/<slot>`), a loop: token → service negotiate → SignalR
-negotiate → websocket + handshake → `SocketReady` → serve; after any loss it renegotiates from scratch
-(never SignalR's own reconnect). Between failed cycles it waits:
+Per slot (reported on the status board as `teams/<slot>`, or `teams/<bot>/<slot>` for one of several bots), a
+loop: token → service negotiate → SignalR negotiate → websocket + handshake → `SocketReady` → serve; after any
+loss it renegotiates from scratch (never SignalR's own reconnect). Between failed cycles it waits:
 
 - the service's `Retry-After` on 429/503 when there is one, bounded by `TEAMS_MAX_RETRY_AFTER_SECONDS`;
 - otherwise full jitter, uniform(0, min(1 s * 2^n, 15 s)) (shipped) or 0/2/10/30 s (draft);
@@ -110,7 +110,7 @@ class TeamsPool:
         try:
             async with asyncio.TaskGroup() as tg:
                 for slot in self.settings.slot_names:
-                    tg.create_task(self._supervise(slot, stopping), name=f"teams-{slot}")
+                    tg.create_task(self._supervise(slot, stopping), name=f"teams-{self.settings.label(slot)}")
         except* FatalConnectorError as group:
             raise _first(group) from None
         finally:
@@ -126,7 +126,7 @@ class TeamsPool:
         return full_jitter(t.backoff_base, t.backoff_cap)
 
     def _status(self, slot: str, status: ConnectionStatus, detail: str = "") -> None:
-        self.metrics.status.set(PLATFORM, slot, status, detail)
+        self.metrics.status.set(PLATFORM, self.settings.label(slot), status, detail)
 
     def _retry_delay(self, retry_after: float | None, delays: Iterator[float]) -> float:
         if retry_after is not None:
@@ -154,26 +154,29 @@ class TeamsPool:
                     if token_failures >= self.timings.token_failures_before_fatal:
                         raise FatalConnectorError(str(exc)) from exc
                     delay = next(delays)
-                    log.warning("Teams slot %s: %s; retrying in %.1f s", slot, exc, delay)
+                    log.warning("Teams slot %s: %s; retrying in %.1f s", self.settings.label(slot), exc, delay)
                 except ServiceUnavailable as exc:
                     if self.settings.contract == "draft" and self.settings.fallback_on_503:
                         delay = max(exc.retry_after or 0.0, self.timings.unavailable_retry)
                         delay = min(delay, max(self.settings.max_retry_after, self.timings.unavailable_retry))
                         self._status(slot, ConnectionStatus.FAILED_TO_CONNECT, "socket mode not available (503)")
-                        log.warning("Teams slot %s: %s; asking again in %.1f s", slot, exc, delay)
+                        log.warning("Teams slot %s: %s; asking again in %.1f s", self.settings.label(slot), exc, delay)
                     elif self.settings.contract == "draft":
                         self._status(slot, ConnectionStatus.FAILED_TO_CONNECT, "socket mode not available (503)")
                         raise FatalConnectorError(f"Teams slot {slot}: {exc}") from exc
                     else:
                         delay = self._retry_delay(exc.retry_after, delays)
                         self._status(slot, ConnectionStatus.FAILED_TO_CONNECT, str(exc))
-                        log.warning("Teams slot %s: %s; retrying in %.1f s", slot, exc, delay)
+                        log.warning("Teams slot %s: %s; retrying in %.1f s", self.settings.label(slot), exc, delay)
                 except Exception as exc:  # negotiate, DNS, TLS, refused URLs, handshake, no SocketReady
                     retry_after = exc.retry_after if isinstance(exc, NegotiateError) else None
                     delay = self._retry_delay(retry_after, delays)
                     self._status(slot, ConnectionStatus.FAILED_TO_CONNECT, describe_exception(exc))
                     log.warning(
-                        "Teams slot %s: connect failed (%s); retrying in %.1f s", slot, describe_exception(exc), delay
+                        "Teams slot %s: connect failed (%s); retrying in %.1f s",
+                        self.settings.label(slot),
+                        describe_exception(exc),
+                        delay,
                     )
                 else:
                     token_failures = 0
@@ -184,10 +187,17 @@ class TeamsPool:
                         break
                     if reason.kind == "closed" and not reason.allow_reconnect:
                         delay = next(delays)
-                        log.warning("Teams slot %s: server closed (%s); new cycle in %.1f s", slot, reason, delay)
+                        log.warning(
+                            "Teams slot %s: server closed (%s); new cycle in %.1f s",
+                            self.settings.label(slot),
+                            reason,
+                            delay,
+                        )
                     else:
                         delay = 0.0
-                        log.info("Teams slot %s: connection ended (%s); renegotiating", slot, reason)
+                        log.info(
+                            "Teams slot %s: connection ended (%s); renegotiating", self.settings.label(slot), reason
+                        )
                     self._status(slot, ConnectionStatus.CONNECTING, str(reason))
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
@@ -208,7 +218,7 @@ class TeamsPool:
             raise
         ws_url = await signalr_negotiate(self._http, grant, t.negotiate_timeout)
         self._generation += 1
-        name = f"{slot}#{self._generation}"
+        name = self.settings.label(f"{slot}#{self._generation}")
         conn = HubConnection(
             ws_url,
             self._deliver,
@@ -236,7 +246,7 @@ class TeamsPool:
             raise NegotiateError(f"SocketReady not received ({reason or 'timeout'})")
         log.info(
             "Teams slot %s: connection %s ready (connection id %s, %s, expires in %.0f s)",
-            slot,
+            self.settings.label(slot),
             name,
             conn.connection_id,
             redact_url(ws_url),
@@ -282,7 +292,7 @@ class TeamsPool:
                 except Exception as exc:  # the old connection keeps serving
                     log.warning(
                         "Teams slot %s: rotation failed (%s); the current connection keeps serving",
-                        slot,
+                        self.settings.label(slot),
                         describe_exception(exc),
                     )
                     rotate_at = loop.time() + self.timings.rotation_retry
@@ -291,7 +301,7 @@ class TeamsPool:
                     continue  # stopping: the loop stops the current connection
                 self.rotations += 1
                 new_conn, new_task, new_grant = rotated
-                log.info("Teams slot %s: rotated %s -> %s", slot, conn.name, new_conn.name)
+                log.info("Teams slot %s: rotated %s -> %s", self.settings.label(slot), conn.name, new_conn.name)
                 retiring.append(tg.create_task(self._retire(conn, run_task), name=f"teams-retire-{conn.name}"))
                 conn, run_task, grant = new_conn, new_task, new_grant
                 rotate_at = loop.time() + self._rotation_delay(grant)

@@ -130,11 +130,14 @@ class Delivery:
             return (f"{conversation_id}/{activity_id}", self.envelope_id)
         return (self.envelope_id,)
 
-    def to_envelope(self, connection_id: str | None = None, received_at: datetime | None = None) -> Envelope:
+    def to_envelope(
+        self, connection_id: str | None = None, received_at: datetime | None = None, app: str | None = None
+    ) -> Envelope:
         keys = self.dedupe_keys()
         invoke = self.is_invoke
         return Envelope(
-            dedupe_key=keys[0],
+            # two bots in one conversation see the same activity: their stable ids (MessageIds) must not collide
+            dedupe_key=keys[0] if app is None else f"{app}:{keys[0]}",
             platform=Platform.TEAMS,
             kind=Kind.INVOKE if invoke else Kind.ACTIVITY,
             event_type=self.event_type,
@@ -145,6 +148,7 @@ class Delivery:
             received_at=received_at or utcnow(),
             connection_id=connection_id,
             accepts_response=invoke,
+            app=app,
             payload=self.activity,
         )
 
@@ -239,9 +243,10 @@ class Refused:
 
 
 def classify(
-    arguments: list[Any], connection_id: str | None = None, received_at: datetime | None = None
+    arguments: list[Any], connection_id: str | None = None, received_at: datetime | None = None, app: str | None = None
 ) -> Accepted | Refused:
-    """Apply the delivery rules to one invocation's arguments. Never raises."""
+    """Apply the delivery rules to one invocation's arguments (`app`: the receiving bot's name, when the worker
+    serves several). Never raises."""
     try:
         delivery = parse_delivery(arguments)
     except InvalidEnvelopeError as exc:
@@ -254,7 +259,7 @@ def classify(
     if delivery.protocol_version > SUPPORTED_PROTOCOL_VERSION:
         return _with(refused, "protocol_version", f"protocolVersion {delivery.protocol_version} is not supported")
     try:
-        envelope = delivery.to_envelope(connection_id, received_at)
+        envelope = delivery.to_envelope(connection_id, received_at, app)
     except (ValidationError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         return _with(refused, "bad_envelope", f"does not fit the envelope contract ({type(exc).__name__})")
     return Accepted(delivery, envelope)

@@ -29,6 +29,9 @@ GEOS = ("amer", "emea", "apac")
 
 class TeamsSettings(TeamsCredentials):
     app_id: str = Field(alias="TEAMS_APP_ID")  # required on the worker
+    app: str | None = None
+    """The bot's name when the deployment serves several (`RELAYBUS_TEAMS_BOTS`, `shared.apps`); None: the one bot
+    of the unsuffixed settings. Prefixes its connections (`teams/<bot>/<geo>`) and becomes `Envelope.app`."""
 
     contract: Literal["shipped", "draft"] = Field(default="shipped", alias="TEAMS_CONTRACT")
     ring: Literal["production", "canary", "pilot"] = Field(default="production", alias="TEAMS_RING")
@@ -63,6 +66,10 @@ class TeamsSettings(TeamsCredentials):
         if self.contract == "shipped":
             return self.geo_list
         return tuple(f"slot{i}" for i in range(1, self.connections + 1))
+
+    def label(self, slot: str) -> str:
+        """A slot's name on the status board, in /readyz and the logs: `amer`, or `support/amer`."""
+        return slot if self.app is None else f"{self.app}/{slot}"
 
     @field_validator("geos")
     @classmethod
