@@ -394,7 +394,9 @@ def shorten(text: str, width: int) -> str:
 def _show_replies(console: Console, demos: Sequence[DemoPlatform]) -> None:
     for demo in demos:
         for text in demo.take_replies():
-            console.say(f"  {demo.name} ← bot: {shorten(redact(text), REPLY_WIDTH)}")
+            # a demo may say who spoke (the Direct Line bridge: `→ agent: …` / `← agent: …`); else it is the bot
+            line = text if text.startswith(("→ ", "← ")) else f"← bot: {text}"
+            console.say(f"  {demo.name} {shorten(redact(line), REPLY_WIDTH)}")
 
 
 async def _watch(

@@ -6,8 +6,8 @@ The worker holds the agent's conversations (the `directline` connector); the fun
 user and posts the agent's answers in the same thread. The scripted demo mentions the bot in Slack with words the
 sandbox agent acts on (`hello`, `card`, `suggest`, `late`); the console shows both sides of the exchange:
 
-      directline ← bot: (the Slack user said) hello agent (1)
-      directline ← bot: Echo: hello agent (1)
+      directline → agent: hello agent (1)      (what the Slack user said, as the bridge posted it)
+      directline ← agent: Echo: hello agent (1)
 
 Needs the Slack sandbox (with a real Slack, point `DIRECTLINE_*` at a real bot and run the bridge as is).
 """
@@ -69,9 +69,29 @@ class DirectLineDemo:
         await self._slack.send_user_message(f"{word} ({index + 1})" if word == "hello agent" else word)
 
     def expected_replies(self, sent: int) -> int:
-        """One answer in Slack per message the agent got (the Slack demo's own mentions reach it too)."""
-        heard = sum(1 for who, _ in self._exchange() if who == "user")
-        return max(sent, heard)
+        """One answer in Slack for each scripted message this demo sent (the Slack demo's own mentions reach the
+        agent too, and are shown, but `--once` waits only for the answers to these)."""
+        return sent
+
+    def _answered(self) -> int:
+        """Scripted messages of this demo whose agent answer (the next bot message of the conversation) is posted
+        in Slack: a `late` one counts once its late answer is there."""
+        posted = {c.body.get("text") for c in self._slack.replies if c.method == "chat.postMessage"}
+        answered = 0
+        for conversation in list(self._sandbox.conversations.values()):
+            waiting = False
+            for activity in conversation.activities:
+                if activity.get("type") != "message":
+                    continue
+                if (activity.get("from") or {}).get("role") != "bot":
+                    text = str(activity.get("text") or "")
+                    waiting = any(text == w or text.startswith(f"{w} (") for w in _SCRIPT)
+                    continue
+                message = to_slack(activity)
+                if waiting and message is not None and message.text in posted:
+                    answered += 1
+                    waiting = False
+        return answered
 
     def _exchange(self) -> list[tuple[str, str]]:
         said: list[tuple[str, str]] = []
@@ -88,13 +108,12 @@ class DirectLineDemo:
         return said
 
     def replies(self) -> int:
-        """Agent messages that reached Slack (the bridge's posts, matched by their text)."""
-        posted = [c.body.get("text") for c in self._slack.replies if c.method == "chat.postMessage"]
-        return sum(1 for who, text in self._exchange() if who == "bot" and text in posted)
+        """Scripted messages answered in Slack (see `_answered`)."""
+        return self._answered()
 
     def take_replies(self) -> list[str]:
         exchange = self._exchange()
-        lines = [text if who == "bot" else f"(the Slack user said) {text}" for who, text in exchange[self._shown :]]
+        lines = [f"← agent: {text}" if who == "bot" else f"→ agent: {text}" for who, text in exchange[self._shown :]]
         self._shown = len(exchange)
         return lines
 

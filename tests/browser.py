@@ -98,13 +98,21 @@ class Page:
         return result["result"].get("value")
 
     async def wait_for(self, expression: str, *, within: float = 10.0, every: float = 0.02) -> Any:
-        """Until `expression` is truthy in the page (its value), `TimeoutError` otherwise."""
-        async with asyncio.timeout(within):
-            while True:
-                value = await self.evaluate(expression)
-                if value:
-                    return value
-                await asyncio.sleep(every)
+        """Until `expression` is truthy in the page (its value), `TimeoutError` otherwise. A script error counts as
+        not yet (the page may still be loading: no `document.body` yet); the last one is in the timeout's text."""
+        last_error: RuntimeError | None = None
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    try:
+                        value = await self.evaluate(expression)
+                    except RuntimeError as exc:
+                        last_error, value = exc, None
+                    if value:
+                        return value
+                    await asyncio.sleep(every)
+        except TimeoutError:
+            raise TimeoutError(f"{expression!r} not true within {within} s (last script error: {last_error})") from None
 
     async def screenshot(self, path: Path) -> Path:
         data = await self.send("Page.captureScreenshot", format="png")

@@ -27,7 +27,8 @@ def test_dev_bridges_the_sandbox_agent_into_slack_and_shows_the_exchange(tmp_pat
     assert proc.returncode == 0, out + proc.stderr + (tmp_path / "dev.log").read_text()
     assert "Direct Line: sandbox at http://127.0.0.1:" in out
     for line in (
-        "directline ← bot: (the Slack user said) card",
+        "directline → agent: card",  # the Slack user's mention, as the bridge posted it
+        "directline ← agent: Your order",
         "slack ← bot: Your order",  # the agent's Adaptive Card, posted in the thread as Block Kit
         "slack ← bot: Pick one:",
         "slack ← bot: Here is the late answer.",  # two seconds later: no five-second window
