@@ -273,12 +273,21 @@ class SlackHandlers(_Handlers):
         return self._register("shortcut", callback_id, middleware)
 
     async def post(
-        self, channel: Any, text: str | None = None, *, blocks: Sequence[Mapping[str, Any]] | None = None, **extra: Any
+        self,
+        channel: Any,
+        text: str | None = None,
+        *,
+        blocks: Sequence[Mapping[str, Any]] | None = None,
+        app: str | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
-        """Proactive: chat.postMessage to a channel id or a stored Slack `ConversationReference`."""
+        """Proactive: chat.postMessage to a channel id or a stored Slack `ConversationReference`, with the bot
+        token of `app` (one of several apps, `RELAYBUS_SLACK_APPS`), else of the reference's app, else the
+        single app's."""
         from functions.state.proactive import post
 
-        return await post(self._bot.clients.slack, channel, text, blocks=blocks, **extra)
+        client = self._bot.clients.slack_for(_app_of(channel, app))
+        return await post(client, channel, text, blocks=blocks, **extra)
 
     def find(self, ctx: Any) -> list[Listener]:
         envelope: Envelope = ctx.envelope
@@ -375,10 +384,11 @@ class TeamsHandlers(_Handlers):
         return fits, f" conversation_type={conversation_type}"
 
     async def send_to(self, ref: Any, activity: str | Mapping[str, Any]) -> dict[str, Any]:
-        """Proactive: send into the conversation of a stored `ConversationReference`."""
+        """Proactive: send into the conversation of a stored `ConversationReference`, as the bot it belongs to
+        (`ref.app`: one of several bots, `RELAYBUS_TEAMS_BOTS`)."""
         from functions.state.proactive import send_to
 
-        return await send_to(self._bot.clients.teams, ref, activity)
+        return await send_to(self._bot.clients.teams_for(_app_of(ref, None)), ref, activity)
 
     async def create_conversation(
         self,
@@ -388,19 +398,22 @@ class TeamsHandlers(_Handlers):
         bot_id: str,
         *,
         activity: str | Mapping[str, Any] | None = None,
+        app: str | None = None,
     ) -> Any:
-        """Proactive: a new 1:1 conversation with a user (who has the bot installed); returns its reference."""
+        """Proactive: a new 1:1 conversation with a user (who has the bot installed); returns its reference.
+        `app`: which of several bots (`RELAYBUS_TEAMS_BOTS`) creates it."""
         from functions.state.proactive import create_conversation
 
         return await create_conversation(
-            self._bot.clients.teams, service_url, tenant_id, user_id, bot_id, activity=activity
+            self._bot.clients.teams_for(app), service_url, tenant_id, user_id, bot_id, activity=activity, app=app
         )
 
     async def personal_conversation(self, user_ref: Any) -> Any:
         """The user's remembered 1:1 conversation, created (and remembered) when there is none yet."""
         from functions.state.proactive import personal_conversation
 
-        return await personal_conversation(self._bot.clients.state, self._bot.clients.teams, user_ref)
+        client = self._bot.clients.teams_for(_app_of(user_ref, None))
+        return await personal_conversation(self._bot.clients.state, client, user_ref)
 
     def find(self, ctx: Any) -> list[Listener]:
         envelope: Envelope = ctx.envelope
@@ -662,3 +675,11 @@ def _where(exc: Exception, module_file: Path, package_dirs: list[Path]) -> str:
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _app_of(target: Any, app: str | None) -> str | None:
+    """The app a proactive send goes out as: the one asked for, else the reference's, else None (the single app)."""
+    if app is not None:
+        return app
+    found = getattr(target, "app", None)
+    return found if isinstance(found, str) else None

@@ -233,3 +233,67 @@ def test_wrong_app_settings_name_the_setting(env: dict[str, str], setting: str) 
         load_settings({"RELAYBUS_LOCAL_QUEUE_PATH": "/tmp/relaybus-many-apps-unused.db", **env})
     assert err.value.setting == setting
     assert "xapp-1" not in str(err.value)
+
+
+# --- proactive sends go out as the app the conversation belongs to ------------------------------------------
+
+
+async def test_proactive_sends_use_the_app_of_the_reference_and_two_bots_keep_their_own(tmp_path: Path) -> None:
+    """References remember the app (`Envelope.app`); `bot.slack.post` / `bot.teams.send_to` then answer with that
+    app's token (each sandbox refuses any other), and two bots in one Teams conversation keep apart references."""
+    from functions import Bot
+    from functions.state.references import conversation_reference, remember
+    from shared.envelope import Envelope, Kind, Platform, utcnow
+    from tests.factories import slack_event
+
+    slacks = [slack_box(i) for i in range(2)]
+    teams = [teams_box(i) for i in range(2)]
+    async with contextlib.AsyncExitStack() as stack:
+        for box in (*slacks, *teams):
+            await stack.enter_async_context(box)
+        env = {
+            "RELAYBUS_SLACK_APPS": "sales,hr",
+            "RELAYBUS_TEAMS_BOTS": "t0,t1",
+            "BOT_CONNECTOR_ALLOWED_HOSTS": "127.0.0.1",
+            "RELAYBUS_STATE_PATH": str(tmp_path / "state.db"),
+        }
+        for app, box in zip(("sales", "hr"), slacks, strict=True):
+            env[f"SLACK_BOT_TOKEN__{app.upper()}"] = box.bot_token
+            env[f"SLACK_API_URL__{app.upper()}"] = box.api_url
+        for name, hub in zip(("t0", "t1"), teams, strict=True):
+            env[f"TEAMS_APP_ID__{name.upper()}"] = hub.app_id
+            env[f"TEAMS_STATIC_TOKEN__{name.upper()}"] = hub.bot_token
+        clients = ReplyClients(FunctionSettings.from_env(env))
+        proactive = Bot()
+        proactive.use(clients)
+        store = clients.state
+
+        hr_event = slack_event("EvHR", channel="C77").model_copy(update={"app": "hr"})
+        slack_ref = await remember(store, hr_event)
+        assert slack_ref is not None and slack_ref.app == "hr"
+        stored = await conversation_reference(store, Platform.SLACK, "C77", app="hr")
+        assert stored == slack_ref
+        assert await conversation_reference(store, Platform.SLACK, "C77") is None  # not the single app's
+        await proactive.slack.post(stored, "from hr")
+        await proactive.slack.post("C1", "from sales", app="sales")
+        assert [c.body["text"] for c in slacks[1].replies] == ["from hr"]
+        assert [c.body["text"] for c in slacks[0].replies] == ["from sales"]
+
+        for name, hub in zip(("t0", "t1"), teams, strict=True):
+            activity = hub.new_activity("hi", "a:shared-conv")
+            envelope = Envelope(
+                dedupe_key=f"{name}:{activity['id']}",
+                platform=Platform.TEAMS,
+                kind=Kind.ACTIVITY,
+                tenant="sandbox-tenant",
+                received_at=utcnow(),
+                payload=activity,
+                app=name,
+            )
+            await remember(store, envelope, allowed_hosts=("127.0.0.1",))
+        for name in ("t0", "t1"):
+            ref = await conversation_reference(store, Platform.TEAMS, "a:shared-conv", app=name)
+            assert ref is not None and ref.app == name
+            await proactive.teams.send_to(ref, f"from {name}")
+        assert [r.body["text"] for r in teams[0].replies if r.body] == ["from t0"]
+        assert [r.body["text"] for r in teams[1].replies if r.body] == ["from t1"]

@@ -60,6 +60,7 @@ async def create_conversation(
     bot_id: str,
     *,
     activity: str | Mapping[str, Any] | None = None,
+    app: str | None = None,
 ) -> ConversationReference:
     """Create (or find: the Bot Connector returns the existing one) the 1:1 conversation between the bot and
     a user, optionally with a first message; returns its reference. The user must have the bot installed
@@ -91,6 +92,7 @@ async def create_conversation(
         conversation_type="personal",
         user_id=user_id,
         bot_id=bot_id,
+        app=app,
     )
     return check_reference(ref, client.allowed_hosts)
 
@@ -102,12 +104,12 @@ async def personal_conversation(
     user, its serviceUrl, tenant and bot: e.g. `user_reference(...)`) and remembered."""
     if user.user_id is None:
         raise ValueError(f"the reference to {user.conversation_id!r} names no user")
-    known = await personal_reference(store, user.platform, user.user_id)
+    known = await personal_reference(store, user.platform, user.user_id, app=user.app)
     if known is not None:
         return check_reference(known, client.allowed_hosts)
     if user.service_url is None or user.tenant_id is None or user.bot_id is None:
         raise ValueError("creating a 1:1 conversation needs the reference's service_url, tenant_id and bot_id")
-    ref = await create_conversation(client, user.service_url, user.tenant_id, user.user_id, user.bot_id)
+    ref = await create_conversation(client, user.service_url, user.tenant_id, user.user_id, user.bot_id, app=user.app)
     ref = ConversationReference(
         ref.platform,
         ref.conversation_id,
@@ -118,6 +120,7 @@ async def personal_conversation(
         user_name=user.user_name,
         aad_object_id=user.aad_object_id,
         bot_id=user.bot_id,
+        app=user.app,
     )
     return await remember_reference(store, ref, allowed_hosts=client.allowed_hosts)
 

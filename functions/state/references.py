@@ -68,6 +68,10 @@ class ConversationReference:
     aad_object_id: str | None = None
     bot_id: str | None = None
     """Teams: the bot's channel account (`28:<app id>`); Slack: the bot's user id."""
+    app: str | None = None
+    """Which of the deployment's Slack apps / Teams bots the conversation belongs to (`Envelope.app`; None: the
+    single app). Proactive sends through this reference use that app's token or credentials, and references
+    of different apps are kept apart (two bots in one Teams conversation each keep their own)."""
 
     @property
     def personal(self) -> bool:
@@ -109,8 +113,10 @@ def reference_for(envelope: Envelope) -> ConversationReference | None:
     without a conversation). Never raises, whatever the payload holds."""
     payload = envelope.payload
     if envelope.platform in _BOT_FRAMEWORK:
-        return _bot_framework(envelope.platform, payload, envelope.tenant)
-    return _slack(envelope.kind, payload, envelope.tenant)
+        ref = _bot_framework(envelope.platform, payload, envelope.tenant)
+    else:
+        ref = _slack(envelope.kind, payload, envelope.tenant)
+    return ref if ref is None or envelope.app is None else replace(ref, app=envelope.app)
 
 
 def _bot_framework(platform: Platform, activity: dict[str, Any], tenant: str | None) -> ConversationReference | None:
@@ -209,8 +215,9 @@ def check_reference(ref: ConversationReference, allowed_hosts: Iterable[str]) ->
 # --- in the store ----------------------------------------------------------------------------------------
 
 
-def partition(platform: Platform, what: str) -> str:
-    return f"relaybus.ref.{platform.value}.{what}"
+def partition(platform: Platform, what: str, app: str | None = None) -> str:
+    """`relaybus.ref.teams.conversation`; for one of several apps `relaybus.ref.teams.support.conversation`."""
+    return f"relaybus.ref.{platform.value}.{what}" if app is None else f"relaybus.ref.{platform.value}.{app}.{what}"
 
 
 _written: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[str, str], tuple[dict[str, Any], float]]] = (
@@ -239,11 +246,11 @@ async def remember_reference(
 ) -> ConversationReference:
     ref = check_reference(ref, allowed_hosts)
     value = ref.to_value()
-    await _write_once(store, partition(ref.platform, "conversation"), ref.conversation_id, value)
+    await _write_once(store, partition(ref.platform, "conversation", ref.app), ref.conversation_id, value)
     if ref.user_id is not None and ref.user_id != ref.bot_id:
-        await _write_once(store, partition(ref.platform, "user"), ref.user_id, value)
+        await _write_once(store, partition(ref.platform, "user", ref.app), ref.user_id, value)
         if ref.personal:
-            await _write_once(store, partition(ref.platform, "personal"), ref.user_id, value)
+            await _write_once(store, partition(ref.platform, "personal", ref.app), ref.user_id, value)
     return ref
 
 
@@ -271,28 +278,36 @@ async def _lookup(store: StateStore, part: str, key: str) -> ConversationReferen
 
 
 async def conversation_reference(
-    store: StateStore, platform: Platform, conversation_id: str
+    store: StateStore, platform: Platform, conversation_id: str, *, app: str | None = None
 ) -> ConversationReference | None:
-    """The reference last remembered for this conversation (Slack: channel id), or None."""
-    return await _lookup(store, partition(platform, "conversation"), conversation_id)
+    """The reference last remembered for this conversation (Slack: channel id), or None; `app`: of that one
+    of several apps."""
+    return await _lookup(store, partition(platform, "conversation", app), conversation_id)
 
 
-async def user_reference(store: StateStore, platform: Platform, user_id: str) -> ConversationReference | None:
+async def user_reference(
+    store: StateStore, platform: Platform, user_id: str, *, app: str | None = None
+) -> ConversationReference | None:
     """The reference of the conversation this user last wrote in, or None."""
-    return await _lookup(store, partition(platform, "user"), user_id)
+    return await _lookup(store, partition(platform, "user", app), user_id)
 
 
-async def personal_reference(store: StateStore, platform: Platform, user_id: str) -> ConversationReference | None:
+async def personal_reference(
+    store: StateStore, platform: Platform, user_id: str, *, app: str | None = None
+) -> ConversationReference | None:
     """The user's 1:1 conversation with the bot, when the bot has seen or created one; else None."""
-    return await _lookup(store, partition(platform, "personal"), user_id)
+    return await _lookup(store, partition(platform, "personal", app), user_id)
 
 
 async def forget(store: StateStore, ref: ConversationReference) -> None:
     """Delete what `remember` stored for this reference (e.g. after the bot was removed from it)."""
     cache = _written.get(store)
-    keys = [(partition(ref.platform, "conversation"), ref.conversation_id)]
+    keys = [(partition(ref.platform, "conversation", ref.app), ref.conversation_id)]
     if ref.user_id is not None:
-        keys += [(partition(ref.platform, "user"), ref.user_id), (partition(ref.platform, "personal"), ref.user_id)]
+        keys += [
+            (partition(ref.platform, "user", ref.app), ref.user_id),
+            (partition(ref.platform, "personal", ref.app), ref.user_id),
+        ]
     for part, key in keys:
         if part.endswith((".user", ".personal")):
             entry = await store.get(part, key)
