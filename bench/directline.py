@@ -139,6 +139,37 @@ async def measure_open(base: str, n: int, per_conversation: int, idle: float, fo
     }
 
 
+async def measure_open_in_a_fresh_process(
+    base: str, n: int, per_conversation: int, idle: float, folder: Path
+) -> dict[str, float]:
+    """`measure_open` in a process of its own: in the bench's process the memory earlier modules freed is
+    reused, so VmRSS would not grow with the conversations (the figure would read near zero)."""
+    import json
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.directline",
+        "--measure-open",
+        str(n),
+        "--base",
+        base,
+        "--per",
+        str(per_conversation),
+        "--idle",
+        str(idle),
+        "--folder",
+        str(folder),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.directline --measure-open {n} exited {proc.returncode}")
+    result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
 async def measure_latency(count: int, folder: Path) -> list[float]:
     """Agent message → Slack post on the bridge's local stack, seconds each."""
     import azure.functions as func
@@ -211,7 +242,7 @@ async def run(quick: bool) -> list[Table]:
     per = {1: 500, 100: 10, 1000: 2} if quick else {1: 5000, 100: 50, 1000: 10}
     idle = 5.0 if quick else 30.0
     table = Table(
-        "Direct Line connector: sandbox → connector → durable local queue (one worker process)",
+        "Direct Line connector: sandbox → connector → durable local queue (one connector process per row)",
         ["open conversations", "activities", "activities/s", "memory / conversation", "idle CPU / conversation"],
     )
     with tempfile.TemporaryDirectory(prefix="bench-directline-") as tmp:
@@ -219,7 +250,7 @@ async def run(quick: bool) -> list[Table]:
         results: dict[int, dict[str, float]] = {}
         async with sandbox_process() as base:
             for n in sizes:
-                results[n] = r = await measure_open(base, n, per[n], idle, folder)
+                results[n] = r = await measure_open_in_a_fresh_process(base, n, per[n], idle, folder)
                 table.add(
                     n,
                     int(r["total"]),
@@ -229,8 +260,8 @@ async def run(quick: bool) -> list[Table]:
                 )
         latencies = await measure_latency(20 if quick else 200, folder)
     table.note(
-        "memory: growth of this process's VmRSS from before the conversations were taken to all Online, over N "
-        "(sockets, tasks, tokens, trackers); idle CPU: getrusage of this process over "
+        "memory: growth of the connector process's VmRSS (a fresh process per row) from before the conversations "
+        "were taken to all Online, over N (sockets, tasks, tokens, trackers); idle CPU: getrusage of that process over "
         f"{idle:.0f} s with every conversation Online and quiet (production timings: pings 20 s, leases 30 s)"
     )
     table.note("the sandbox runs in its own process; its CPU is not counted")
@@ -251,7 +282,19 @@ async def run(quick: bool) -> list[Table]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.directline")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--measure-open", type=int, help=argparse.SUPPRESS)  # one row, in its own process
+    parser.add_argument("--base", help=argparse.SUPPRESS)
+    parser.add_argument("--per", type=int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("--idle", type=float, default=5.0, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure_open is not None:
+        import json
+
+        logging.getLogger("worker").setLevel(logging.WARNING)
+        result = asyncio.run(measure_open(args.base, args.measure_open, args.per, args.idle, args.folder))
+        print(json.dumps(result))
+        return 0
     tables = asyncio.run(run(args.quick))
     print(render(tables))
     return 0
