@@ -305,3 +305,20 @@ async def test_ghost_connections_are_reported(caplog: pytest.LogCaptureFixture) 
             slack.freeze(slack.connections[-1])
             await slack.wait_for(lambda n=ghosts: len(slack.connections) == n + 1, within=3)
         await slack.wait_for(lambda: "ghost" in caplog.text, within=3)
+    assert "but 1 replica(s) hold 1" in caplog.text
+
+
+async def test_the_sockets_of_other_replicas_are_not_ghosts(caplog: pytest.LogCaptureFixture) -> None:
+    """With SLACK_REPLICAS=2, another replica's pool and a rotation of each are expected (1 × 2 + 2 = 4 counted
+    without a warning); the fifth socket Slack counts is a ghost."""
+    caplog.set_level(logging.WARNING, "worker.slack")
+    async with fast_sandbox() as slack, worker(slack, connections=1, replicas=2):
+        for ghosts in (1, 2, 3):
+            await slack.wait_connections(ghosts)
+            slack.freeze(slack.connections[-1])  # half-open: Slack still counts it
+            await slack.wait_for(lambda n=ghosts: len(slack.connections) == n + 1, within=3)
+            await slack.wait_connections(ghosts + 1)
+            assert "ghost" not in caplog.text, f"{ghosts + 1} counted, 4 expected"
+        slack.freeze(slack.connections[-1])
+        await slack.wait_for(lambda: "ghost" in caplog.text, within=3)
+    assert "Slack counts 5 connections for this app but 2 replica(s) hold 2" in caplog.text

@@ -342,6 +342,11 @@ var slackCommonEnv = enableSlack
         name: 'SLACK_CONNECTIONS'
         value: string(slackConnections)
       }
+      {
+        // every replica holds every app: the ghost-connection check expects replicas × SLACK_CONNECTIONS
+        name: 'SLACK_REPLICAS'
+        value: string(replicas)
+      }
     ]
   : []
 

@@ -59,6 +59,7 @@ class SlackConnection:
         handoff: Handoff,
         metrics: Metrics,
         expected_connections: int = 1,
+        replicas: int = 1,
     ) -> None:
         self.id = connection_id
         self.url = url
@@ -66,6 +67,7 @@ class SlackConnection:
         self._handoff = handoff
         self._metrics = metrics
         self._expected = expected_connections
+        self._replicas = replicas
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
         self.disconnect_requested = asyncio.Event()
@@ -201,14 +203,17 @@ class SlackConnection:
             hello.approximate_connection_time,
             hello.host,
         )
-        # During a make-before-break rotation one extra socket is expected.
-        if hello.num_connections is not None and hello.num_connections > self._expected + 1:
+        # Every replica holds its own pool; during a make-before-break rotation each may hold one more socket.
+        expected = self._expected * self._replicas
+        if hello.num_connections is not None and hello.num_connections > expected + self._replicas:
             log.warning(
-                "slack connection %s: Slack counts %d connections for this app but this worker holds %d: "
-                "ghost (half-open) connections or another worker share the app's events",
+                "slack connection %s: Slack counts %d connections for this app but %d replica(s) hold %d "
+                "(SLACK_REPLICAS × SLACK_CONNECTIONS): ghost (half-open) connections, or more workers than "
+                "SLACK_REPLICAS share the app's events",
                 self.id,
                 hello.num_connections,
-                self._expected,
+                self._replicas,
+                expected,
             )
         self.ready.set()
 

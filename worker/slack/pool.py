@@ -170,6 +170,7 @@ class SlackPool:
                     handoff=self._handoff,
                     metrics=self._metrics,
                     expected_connections=self.size,
+                    replicas=s.replicas,
                 )
                 log.info("slack slot %s: connecting %s to %s", self._settings.label(slot), conn.id, redact_url(url))
                 task = tg.create_task(conn.run(), name=f"slack-conn-{conn.id}")

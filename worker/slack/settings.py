@@ -19,6 +19,9 @@ class SlackSettings(BaseModel):
     app_token: SecretStr = Field(alias="SLACK_APP_TOKEN")
     api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
     connections: int = Field(default=2, ge=1, le=10, alias="SLACK_CONNECTIONS")
+    replicas: int = Field(default=1, ge=1, le=10, alias="SLACK_REPLICAS")
+    """How many worker replicas hold this app (the deployment's replica count): Slack's `num_connections` above
+    `replicas × SLACK_CONNECTIONS` (plus one per replica rotating a socket) is reported as ghost connections."""
     max_in_flight: int = Field(default=512, ge=1, le=100_000, alias="SLACK_MAX_IN_FLIGHT")
     """Envelopes being handed off at once, per connection (the reader pauses beyond this)."""
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, alias="SLACK_MAX_FRAME_BYTES")
